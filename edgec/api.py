@@ -1,0 +1,155 @@
+"""The Python API, mirroring the CLI.
+
+bundle = edgec.compile("vanillanet_5", target="cpu", output="out/vn5", verify=True)
+session = edgec.load("out/vn5")
+session.run({"x": x}); session.verify()
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgec.errors import VerificationError
+from edgec.runtime.bundle import (
+    Bundle,
+    Manifest,
+    finalize_manifest,
+    save_reference,
+    staged_bundle,
+)
+from edgec.runtime.compare import rel_error
+from edgec.runtime.session import Session
+from edgec.runtime.session import load as _load
+
+__all__ = ["BundleCheckError", "compile", "default_output", "load"]
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+class BundleCheckError(VerificationError):
+    """The finished bundle disagrees with the reference: a compiler fault, exit code 1."""
+
+    exit_code = 1
+
+
+def default_output(source: Any, target: str) -> Path:
+    """out/<source name>-<target>, e.g. out/vanillanet_5-cpu or out/net-cpu for net.onnx."""
+    if isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        stem = Path(text.rpartition(":")[0] or text).stem if ":" in text else Path(text).stem
+        if ":" in text:
+            stem = f"{stem}-{text.rpartition(':')[2]}"
+    else:
+        stem = type(source).__name__.lower()
+    return Path("out") / f"{stem}-{target}"
+
+
+def compile(
+    source: Any,
+    target: str = "cpu",
+    output: str | os.PathLike[str] | None = None,
+    *,
+    input_shapes: dict[str, Any] | list[str] | None = None,
+    dynamic_axes: list[str] | None = None,
+    example_inputs: tuple[Any, ...] | None = None,
+    verify: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
+    threads: int = 0,
+    model_options: dict[str, Any] | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> Bundle:
+    """Compile `source` for `target` into a bundle folder; returns the bundle.
+
+    verify: run onnxruntime before and after every pass, stopping at the first pass whose
+      relative error exceeds `tolerance`. The finished bundle is always checked against the
+      independent reference (torch eager, or onnxruntime on the unmodified model).
+    """
+    from edgec import frontend
+    from edgec.graph_stats import graph_stats
+    from edgec.passes import PassManager, get_pipeline
+    from edgec.targets import CompileOptions, get_target
+
+    step = on_step or (lambda _: None)
+    tgt = get_target(target)
+    out = Path(output) if output is not None else default_output(source, target)
+    timings: dict[str, float] = {}
+
+    step("lowering the source to the IR")
+    t0 = time.perf_counter()
+    prepared = frontend.prepare(
+        source,
+        example_inputs=example_inputs,
+        input_shapes=input_shapes,
+        dynamic_axes=dynamic_axes,
+        seed=seed,
+        model_options=model_options,
+    )
+    timings["frontend_s"] = time.perf_counter() - t0
+    stats_before = graph_stats(prepared.model)
+
+    step(f"running the '{tgt.pipeline}' pipeline" + (" (verified)" if verify else ""))
+    t0 = time.perf_counter()
+    manager = PassManager(get_pipeline(tgt.pipeline), verify, tolerance, prepared.inputs)
+    reports = manager.run(prepared.model)
+    timings["passes_s"] = time.perf_counter() - t0
+    stats_after = graph_stats(prepared.model)
+
+    from edgec.irutil import input_specs, output_specs
+
+    with staged_bundle(out) as stage:
+        step(f"emitting {tgt.backend} artifacts")
+        t0 = time.perf_counter()
+        artifacts = tgt.compile(prepared.model, CompileOptions(threads=threads), stage)
+        timings["target_s"] = time.perf_counter() - t0
+        save_reference(stage, prepared.inputs, prepared.outputs)
+        manifest = Manifest(
+            target=tgt.name,
+            backend=tgt.backend,
+            artifacts=artifacts.files,
+            inputs=input_specs(prepared.model),
+            outputs=output_specs(prepared.model),
+            backend_options=artifacts.backend_options,
+            source=prepared.source,
+            passes=[r.to_json() for r in reports],
+        )
+        step("checking the bundle against the reference")
+        error = _check_bundle(Bundle(stage, manifest), prepared.outputs, tolerance, threads)
+        manifest.reference = {
+            "file": "reference.npz",
+            "against": prepared.source.get("reference", ""),
+            "tolerance": tolerance,
+            "max_rel_error": error,
+        }
+        manifest.stats = {"before": vars(stats_before), "after": vars(stats_after)}
+        manifest.compile = timings
+        finalize_manifest(stage, manifest)
+    return Bundle.open(out)
+
+
+def _check_bundle(
+    bundle: Bundle, expected: dict[str, np.ndarray], tolerance: float, threads: int
+) -> float:
+    """Run the staged bundle as the runtime will; its error against the reference."""
+    session = Session(bundle, threads)  # a Session checks no checksums: none exist yet
+    ref_in, _ = session.reference()
+    got = session.run(ref_in)
+    errors = {k: rel_error(got[k], v) for k, v in expected.items()}
+    worst = max(errors, key=lambda k: errors[k], default=None)
+    if worst is not None and errors[worst] > tolerance:
+        raise BundleCheckError(
+            f"the compiled bundle's output '{worst}' differs from the reference: max relative "
+            f"error {errors[worst]:.2e} > tolerance {tolerance:.0e}"
+        )
+    return max(errors.values(), default=0.0)
+
+
+def load(path: str | os.PathLike[str], threads: int = 0) -> Session:
+    """Open a bundle (checks its format version and checksums)."""
+    return _load(path, threads=threads)

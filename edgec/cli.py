@@ -1,0 +1,498 @@
+"""The `edgec` command line.
+
+Exit codes: 0 success; 2 a user error (one line naming the thing at fault, no traceback);
+1 an internal fault (a bug in edgec: `-v` shows the traceback); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from edgec.errors import EdgecError, InputError, OptionError
+from edgec.version import __version__
+
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, highlight=False)
+
+
+def _json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=_jsonable))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if hasattr(obj, "to_json"):
+        return obj.to_json()
+    if hasattr(obj, "__dict__"):
+        return vars(obj)
+    return str(obj)
+
+
+def _fmt_count(n: int | float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgec")
+@click.option("-v", "--verbose", count=True, help="Log what edgec does (-vv: debug).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """edgec: compile efficient neural networks for edge devices, then verify and measure them.
+
+    \b
+      edgec compile vanillanet_5 --target cpu -o out/vn5
+      edgec compile net.onnx -o out/net
+      edgec compile net.py:build --input-shape x=1x3x224x224 -o out/net
+      edgec verify out/net
+      edgec profile out/net --threads 1
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("source")
+@click.option("-t", "--target", default="cpu", show_default=True, help="See `edgec targets`.")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Bundle folder [out/SOURCE-TARGET]."
+)
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=DxD..[:DTYPE]",
+    help="Static input shape, e.g. x=1x3x224x224 or ids=1x128:int64. Repeatable.",
+)
+@click.option(
+    "--dynamic-axis",
+    "dynamic_axes",
+    multiple=True,
+    metavar="NAME:AXIS[=SYM]",
+    help="Keep an input axis dynamic, e.g. x:0=batch. Repeatable.",
+)
+@click.option("--verify", is_flag=True, help="Run onnxruntime before and after every pass.")
+@click.option(
+    "--tolerance",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    help="Max relative error (max|a-e| / max|e|) allowed per pass and for the bundle.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed for built-in weights and the reference input.",
+)
+@click.option(
+    "--report", is_flag=True, help="Print every pass: rewrites, nodes, parameters, MACs, error."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def compile(
+    source: str,
+    target: str,
+    output: Path | None,
+    input_shapes: tuple[str, ...],
+    dynamic_axes: tuple[str, ...],
+    verify: bool,
+    tolerance: float,
+    seed: int,
+    report: bool,
+    as_json: bool,
+) -> None:
+    """Compile SOURCE for a target into a bundle folder.
+
+    SOURCE is an .onnx file, path/to/file.py:factory, package.module:factory, or a built-in
+    model name (`edgec models`). The bundle is checked against an independent reference
+    (torch eager, or onnxruntime on the unmodified model) before it is written.
+    """
+    import edgec
+
+    if tolerance <= 0:
+        raise OptionError(f"--tolerance must be positive (got {tolerance})")
+    start = time.perf_counter()
+    with err.status("compiling", spinner="dots") as status:
+        bundle = edgec.compile(
+            source,
+            target=target,
+            output=output,
+            input_shapes=list(input_shapes),
+            dynamic_axes=list(dynamic_axes),
+            verify=verify,
+            tolerance=tolerance,
+            seed=seed,
+            on_step=lambda s: status.update(s),
+        )
+    seconds = time.perf_counter() - start
+    m = bundle.manifest
+    if as_json:
+        _json({"bundle": str(bundle.path), "seconds": seconds, "manifest": m.to_json()})
+        return
+    if report:
+        _print_pass_report(m.passes)
+    before, after = m.stats["before"], m.stats["after"]
+    out.print(
+        f"[bold green]compiled[/] {source} -> [bold]{bundle.path}[/] "
+        f"({m.target}, {m.backend}) in {seconds:.1f} s"
+    )
+    out.print(
+        f"  nodes {before['nodes']} -> {after['nodes']}, "
+        f"parameters {_fmt_count(before['parameters'])} -> {_fmt_count(after['parameters'])}, "
+        f"MACs {_fmt_count(before['macs'])} -> {_fmt_count(after['macs'])}"
+    )
+    out.print(
+        f"  max relative error {m.reference['max_rel_error']:.2e} against "
+        f"{m.reference['against']} (tolerance {m.reference['tolerance']:.0e})"
+    )
+
+
+def _print_pass_report(passes: list[dict[str, Any]]) -> None:
+    table = Table(title="passes")
+    for col in ("pass", "round", "rewrites", "nodes", "parameters", "MACs", "max rel err", "ms"):
+        table.add_column(col, justify="left" if col == "pass" else "right")
+    for p in passes:
+        if p["round"] > 1 and not p["rewrites"]:
+            continue  # the round of a fixed point that found nothing more
+        error = "-" if p["max_rel_error"] is None else f"{p['max_rel_error']:.1e}"
+        table.add_row(
+            p["name"],
+            str(p["round"]),
+            str(p["rewrites"]),
+            f"{p['nodes_before']} -> {p['nodes_after']}",
+            f"{_fmt_count(p['params_before'])} -> {_fmt_count(p['params_after'])}",
+            f"{_fmt_count(p['macs_before'])} -> {_fmt_count(p['macs_after'])}",
+            error,
+            f"{p['seconds'] * 1e3:.1f}",
+        )
+    out.print(table)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--tolerance", type=float, help="Override the bundle's tolerance.")
+@click.option("--json", "as_json", is_flag=True)
+def verify(bundle: Path, tolerance: float | None, as_json: bool) -> None:
+    """Check a bundle's checksums and run its reference input against the stored output."""
+    from edgec.errors import VerificationError
+    from edgec.runtime import load
+
+    session = load(bundle)
+    report = session.verify(tolerance)
+    if as_json:
+        _json({"bundle": str(bundle), **report.to_json()})
+    else:
+        for name, e in report.errors.items():
+            out.print(f"  {name}: max relative error {e:.2e}")
+    if not report.ok:
+        worst = max(report.errors, key=lambda k: report.errors[k])
+        raise VerificationError(
+            f"bundle '{bundle}' fails verification: output '{worst}' has max relative error "
+            f"{report.max_error:.2e} > tolerance {report.tolerance:.0e}"
+        )
+    if not as_json:
+        out.print(
+            f"[bold green]verified[/] {bundle}: checksums match, max relative error "
+            f"{report.max_error:.2e} <= {report.tolerance:.0e}"
+        )
+
+
+def _read_inputs(specs: tuple[str, ...]) -> dict[str, np.ndarray] | list[np.ndarray]:
+    named: dict[str, np.ndarray] = {}
+    positional: list[np.ndarray] = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = "", spec
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"input file '{p}' does not exist")
+        try:
+            data = np.load(p, allow_pickle=False)
+        except Exception as e:
+            raise InputError(f"cannot read input file '{p}' as .npy/.npz: {e}") from None
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:
+                named.update({k: data[k] for k in data.files})
+        elif name:
+            named[name] = data
+        else:
+            positional.append(data)
+    if named and positional:
+        raise OptionError("name every --input (NAME=FILE.npy) when mixing names and files")
+    return named or positional
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "-i",
+    "--input",
+    "inputs",
+    multiple=True,
+    required=True,
+    metavar="[NAME=]FILE",
+    help="A .npy per input (NAME=x.npy, or in input order), or one .npz. Repeatable.",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path),
+    help="Write each output as OUTPUT_NAME.npy here.",
+)
+@click.option("--threads", type=int, default=0, show_default=True, help="0: the back end picks.")
+def run(bundle: Path, inputs: tuple[str, ...], output_dir: Path | None, threads: int) -> None:
+    """Run a bundle on inputs from .npy/.npz files."""
+    from edgec.runtime import load
+
+    session = load(bundle, threads=threads)
+    results = session.run(_read_inputs(inputs))
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for name, value in results.items():
+            np.save(output_dir / f"{name}.npy", value)
+    for name, value in results.items():
+        where = f" -> {output_dir / (name + '.npy')}" if output_dir is not None else ""
+        out.print(f"{name}: {value.dtype} {tuple(value.shape)}{where}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--runs", type=int, default=100, show_default=True)
+@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="0: the back end picks.")
+@click.option("--per-op", is_flag=True, help="Add the time per node (onnxruntime's profiler).")
+@click.option("--top", type=int, default=15, show_default=True, help="Rows of the per-op table.")
+@click.option("--json", "as_json", is_flag=True)
+def profile(
+    bundle: Path, runs: int, warmup: int, threads: int, per_op: bool, top: int, as_json: bool
+) -> None:
+    """Measure a bundle's latency on its reference input: cold start, percentiles, memory."""
+    from edgec.runtime import load
+    from edgec.runtime import profile as run_profile
+
+    session = load(bundle)
+    with err.status(f"profiling {runs} runs", spinner="dots"):
+        report = run_profile(session, runs=runs, warmup=warmup, threads=threads, per_op=per_op)
+    if as_json:
+        _json(report.to_json())
+        return
+    table = Table(title=f"{bundle} ({report.backend}, {report.threads} thread(s), {report.device})")
+    for col in ("cold start", "mean", "std", "min", "p50", "p90", "p99", "max"):
+        table.add_column(col + " ms", justify="right")
+    table.add_column("per s", justify="right")
+    table.add_column("peak RSS", justify="right")
+    table.add_row(
+        *(
+            f"{v:.2f}"
+            for v in (
+                report.cold_start_ms,
+                report.mean_ms,
+                report.std_ms,
+                report.min_ms,
+                report.p50_ms,
+                report.p90_ms,
+                report.p99_ms,
+                report.max_ms,
+                report.throughput_per_s,
+            )
+        ),
+        f"{report.peak_rss_mb:.0f} MB",
+    )
+    out.print(table)
+    out.print(f"{runs} runs after {warmup} warm-up runs")
+    if report.per_op:
+        ops = Table(title="time per node")
+        for col in ("node", "op", "module", "ms", "share"):
+            ops.add_column(col, justify="right" if col in ("ms", "share") else "left")
+        for o in report.per_op[:top]:
+            ops.add_row(o.name, o.op_type, o.module, f"{o.mean_ms:.3f}", f"{o.share:.1%}")
+        out.print(ops)
+
+
+@cli.command()
+@click.argument("what")
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=DxD..[:DTYPE]",
+    help="For a torch source: its input shapes.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def inspect(what: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
+    """Describe a bundle folder or a source: ops, parameters, MACs, inputs/outputs, passes."""
+    from edgec.runtime.bundle import MANIFEST, Bundle
+
+    if (Path(what) / MANIFEST).is_file():
+        bundle = Bundle.open(what)
+        m = bundle.manifest
+        size = sum((bundle.path / f).stat().st_size for f in m.files)
+        info = {
+            "bundle": str(bundle.path),
+            "target": m.target,
+            "backend": m.backend,
+            "edgec_version": m.edgec_version,
+            "format_version": m.format_version,
+            "source": m.source,
+            "inputs": [t.to_json() for t in m.inputs],
+            "outputs": [t.to_json() for t in m.outputs],
+            "size_bytes": size,
+            "stats": m.stats.get("after", {}),
+            "stats_before_passes": m.stats.get("before", {}),
+            "passes": m.passes,
+            "reference": m.reference,
+        }
+    else:
+        from edgec.frontend import load as load_source
+        from edgec.graph_stats import graph_stats
+        from edgec.irutil import input_specs, output_specs
+
+        model = load_source(what, input_shapes=list(input_shapes))
+        info = {
+            "source": what,
+            "inputs": [t.to_json() for t in input_specs(model)],
+            "outputs": [t.to_json() for t in output_specs(model)],
+            "stats": vars(graph_stats(model)),
+        }
+    if as_json:
+        _json(info)
+        return
+    _print_inspect(info)
+
+
+def _print_inspect(info: dict[str, Any]) -> None:
+    head = info.get("bundle", info.get("source"))
+    out.print(f"[bold]{head}[/]")
+    if "bundle" in info:
+        out.print(
+            f"  target {info['target']} ({info['backend']}), edgec {info['edgec_version']}, "
+            f"format {info['format_version']}, {info['size_bytes'] / 1e6:.1f} MB"
+        )
+        out.print(f"  source {info['source'].get('name')} ({info['source'].get('kind')})")
+    for role in ("inputs", "outputs"):
+        for t in info[role]:
+            out.print(f"  {role[:-1]:6} {t['name']}: {t['dtype']} {tuple(t['shape'])}")
+    stats = info["stats"]
+    macs = _fmt_count(stats["macs"]) + ("" if stats["macs_complete"] else " (some shapes unknown)")
+    out.print(
+        f"  {stats['nodes']} nodes, {_fmt_count(stats['parameters'])} parameters "
+        f"({stats['parameters']:,}), {macs} MACs"
+    )
+    ops = Table(title="ops")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, n in stats["ops"].items():
+        ops.add_row(op, str(n))
+    out.print(ops)
+    if info.get("passes"):
+        _print_pass_report(info["passes"])
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def targets(as_json: bool) -> None:
+    """List the targets and their back ends."""
+    from edgec.passes.pipelines import get_pipeline
+    from edgec.targets import list_targets
+
+    rows = [
+        {
+            "name": t.name,
+            "backend": t.backend,
+            "pipeline": [s.name for s in get_pipeline(t.pipeline)],
+            "description": t.description,
+        }
+        for t in list_targets()
+    ]
+    if as_json:
+        _json(rows)
+        return
+    table = Table(title="targets")
+    for col in ("target", "back end", "pipeline", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["backend"], ", ".join(r["pipeline"]), r["description"])
+    out.print(table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def models(as_json: bool) -> None:
+    """List the built-in architectures: parameters, MACs, input shape, paper."""
+    from edgec import models as registry
+
+    rows = []
+    for name in registry.list_models():
+        info = registry.get_info(name)
+        rows.append(
+            {
+                "name": name,
+                "family": info.family,
+                "parameters": registry.count_parameters(name),
+                "macs": registry.count_macs(name),
+                "inputs": {
+                    k: {"shape": list(v.shape), "dtype": v.dtype} for k, v in info.inputs.items()
+                },
+                "description": info.description,
+                "paper": info.paper,
+            }
+        )
+    if as_json:
+        _json(rows)
+        return
+    table = Table(title="built-in models (training form)")
+    for col in ("model", "family", "parameters", "MACs", "input"):
+        table.add_column(col, justify="right" if col in ("parameters", "MACs") else "left")
+    for r in rows:
+        shape = ", ".join(f"{k}={'x'.join(map(str, v['shape']))}" for k, v in r["inputs"].items())
+        table.add_row(r["name"], r["family"], f"{r['parameters']:,}", _fmt_count(r["macs"]), shape)
+    out.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors exit 2 with one line, internal faults 1, interrupts 130."""
+    verbose = any(a in ("-v", "-vv", "--verbose") for a in (argv or sys.argv[1:]))
+    try:
+        cli.main(args=argv, prog_name="edgec", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        err.print("interrupted: nothing was written")
+        sys.exit(130)
+    except EdgecError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except Exception as e:
+        if verbose:
+            traceback.print_exc()
+        click.echo(
+            f"internal error (a bug in edgec): {type(e).__name__}: {e}"
+            + ("" if verbose else "  [run with -v for the traceback]"),
+            err=True,
+        )
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

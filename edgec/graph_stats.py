@@ -1,0 +1,92 @@
+"""What a graph costs: op histogram, parameters, multiply-accumulates.
+
+MACs count the linear ops only (Conv, ConvTranspose, Gemm, MatMul, and edgec's binary
+ops as their float equivalent), the usual convention; they are read from the shapes the IR
+carries, so a graph whose shapes are unknown reports `macs_complete = False`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+
+@dataclass
+class GraphStats:
+    nodes: int
+    parameters: int
+    macs: int
+    macs_complete: bool
+    ops: dict[str, int]
+
+
+def _static(shape: ir.Shape | None) -> list[int] | None:
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    return [int(d) for d in shape]
+
+
+def op_name(node: ir.Node) -> str:
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+
+
+def node_macs(node: ir.Node) -> int | None:
+    """MACs of one node from its shapes; 0 for ops that are not linear; None if unknown."""
+    op = node.op_type
+    if op == "Conv":
+        out = _static(node.outputs[0].shape)
+        w = _static(node.inputs[1].shape if node.inputs[1] else None)
+        if out is None or w is None:
+            return None
+        return math.prod(out) * math.prod(w[1:])
+    if op == "ConvTranspose":
+        x = _static(node.inputs[0].shape if node.inputs[0] else None)
+        w = _static(node.inputs[1].shape if node.inputs[1] else None)
+        if x is None or w is None:
+            return None
+        return math.prod(x) * math.prod(w[1:])
+    if op in ("Gemm", "MatMul"):
+        a = _static(node.inputs[0].shape if node.inputs[0] else None)
+        out = _static(node.outputs[0].shape)
+        if a is None or out is None or not a:
+            return None
+        trans_a = node.attributes.get_int("transA", 0) if op == "Gemm" else 0
+        k = a[0] if trans_a and len(a) == 2 else a[-1]
+        return math.prod(out) * k
+    return 0
+
+
+def parameters(model: ir.Model) -> int:
+    """Elements in the initializers and the tensors of Constant nodes."""
+    total = sum(
+        math.prod(v.shape.dims) if v.shape is not None else 0
+        for v in model.graph.initializers.values()
+    )
+    for node in model.graph:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            attr = node.attributes.get("value")
+            if attr is not None and attr.type == ir.AttributeType.TENSOR:
+                total += math.prod(attr.as_tensor().shape.dims)
+    return total
+
+
+def graph_stats(model: ir.Model) -> GraphStats:
+    macs, complete = 0, True
+    ops: Counter[str] = Counter()
+    for node in model.graph:
+        ops[op_name(node)] += 1
+        m = node_macs(node)
+        if m is None:
+            complete = False
+        else:
+            macs += m
+    return GraphStats(
+        nodes=sum(ops.values()),
+        parameters=parameters(model),
+        macs=macs,
+        macs_complete=complete,
+        ops=dict(ops.most_common()),
+    )

@@ -1,0 +1,112 @@
+"""Small helpers over the IR shared by the frontend, passes and targets.
+
+`run_onnx` is the reference executor: onnxruntime with its graph optimizations off, so that
+what it computes is the graph as written, not onnxruntime's rewrite of it.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+from edgec.errors import UnsupportedOpError
+from edgec.runtime.bundle import TensorSpec
+
+_PROTO_LIMIT = 1_800_000_000  # protobuf refuses to serialize 2 GiB; save external data past this
+_NOT_IMPLEMENTED = re.compile(r"implementation for (\S+?)\((\d+)\) node with name '([^']*)'")
+
+
+def value_spec(value: ir.Value) -> TensorSpec:
+    shape: list[int | str] = []
+    for i, d in enumerate(value.shape or []):
+        if isinstance(d, int):
+            shape.append(d)
+        else:
+            shape.append(d.value if isinstance(d, ir.SymbolicDim) and d.value else f"?{i}")
+    dtype = np.dtype(value.dtype.numpy()).name if value.dtype is not None else "float32"
+    return TensorSpec(value.name or "", tuple(shape), dtype)
+
+
+def graph_inputs(model: ir.Model) -> list[ir.Value]:
+    """Inputs a caller feeds: graph inputs that are not also initializers."""
+    return [v for v in model.graph.inputs if v.name not in model.graph.initializers]
+
+
+def input_specs(model: ir.Model) -> list[TensorSpec]:
+    return [value_spec(v) for v in graph_inputs(model)]
+
+
+def output_specs(model: ir.Model) -> list[TensorSpec]:
+    return [value_spec(v) for v in model.graph.outputs]
+
+
+def random_inputs(
+    specs: list[TensorSpec], seed: int = 0, dims: dict[str, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Deterministic inputs: normal floats, 0/1 integers (valid indices for any table).
+
+    A dynamic axis takes its size from `dims` (by symbol), else 1.
+    """
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        shape = tuple(d if isinstance(d, int) else (dims or {}).get(d, 1) for d in spec.shape)
+        dtype = np.dtype(spec.dtype)
+        if np.issubdtype(dtype, np.floating):
+            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[spec.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[spec.name] = rng.integers(0, 2, shape).astype(dtype)
+    return feeds
+
+
+def ort_session(
+    model: ir.Model | onnx.ModelProto | str | Path, optimize: bool = False, threads: int = 0
+) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    try:
+        if isinstance(model, (str, Path)):
+            return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+        proto = model if isinstance(model, onnx.ModelProto) else ir.serde.serialize_model(model)
+        if proto.ByteSize() < _PROTO_LIMIT:
+            return ort.InferenceSession(
+                proto.SerializeToString(), so, providers=["CPUExecutionProvider"]
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx.save(proto, path, save_as_external_data=True, location="model.onnx.data")
+            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        m = _NOT_IMPLEMENTED.search(str(e))
+        if m:
+            op, version, node = m.groups()
+            raise UnsupportedOpError(
+                f"unsupported op '{op}' (opset {version}, node '{node}'): "
+                "onnxruntime's CPU provider has no kernel for it"
+            ) from None
+        raise
+
+
+def run_onnx(
+    model: ir.Model | onnx.ModelProto | str | Path,
+    feeds: dict[str, np.ndarray],
+    optimize: bool = False,
+) -> dict[str, np.ndarray]:
+    """Run a model once with onnxruntime; outputs by name."""
+    session = ort_session(model, optimize)
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))

@@ -1,0 +1,213 @@
+"""Frontends: any model source -> the IR (an `onnx_ir.Model`), with a reference pair.
+
+    model = edgec.frontend.load("net.onnx")
+    prepared = edgec.frontend.prepare(module, input_shapes={"x": (1, 3, 224, 224)})
+
+`prepare` also returns one input and the output of an independent reference on it (torch
+eager for torch sources, onnxruntime on the unmodified model for ONNX sources): the pair a
+bundle keeps so that `edgec verify` can check it anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from edgec.errors import SourceError
+from edgec.frontend.sources import InputSpec, classify, normalize_input_shapes, parse_dynamic_axis
+from edgec.irutil import graph_inputs, input_specs, random_inputs, run_onnx
+
+__all__ = ["Prepared", "load", "prepare"]
+
+
+@dataclass
+class Prepared:
+    """A source lowered to the IR, plus a reference input and output."""
+
+    model: ir.Model
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def load(source: Any, **options: Any) -> ir.Model:
+    """Resolve a source into the IR; see `prepare` for the options."""
+    return prepare(source, reference=False, **options).model
+
+
+def prepare(
+    source: Any,
+    *,
+    example_inputs: tuple[Any, ...] | None = None,
+    input_shapes: dict[str, Any] | list[str] | None = None,
+    dynamic_axes: list[str] | list[tuple[str, int, str]] | None = None,
+    seed: int = 0,
+    reference: bool = True,
+    model_options: dict[str, Any] | None = None,
+) -> Prepared:
+    """Lower `source` to the IR.
+
+    example_inputs: tensors for a torch module (else made from `input_shapes`).
+    input_shapes: {"x": (1, 3, 224, 224)} or CLI strings ["x=1x3x224x224"].
+    dynamic_axes: ["x:0"], ["x:0=batch"] or [("x", 0, "batch")]; static shapes otherwise.
+    model_options: keyword arguments for a built-in model (num_classes, seed, weights).
+    """
+    shapes = normalize_input_shapes(input_shapes)
+    axes = [a if isinstance(a, tuple) else parse_dynamic_axis(a) for a in dynamic_axes or []]
+    kind = classify(source)
+    label = os.fspath(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
+
+    if kind == "factory":
+        from edgec.frontend.sources import resolve_factory
+
+        produced, label = resolve_factory(os.fspath(source))
+        if isinstance(produced, tuple) and len(produced) == 2:
+            produced, example_inputs = produced
+        return _prepare_object(
+            produced, label, "factory", example_inputs, shapes, axes, seed, reference
+        )
+    if kind == "builtin":
+        from edgec import models
+
+        info = models.get_info(label)
+        module = models.create(label, **(model_options or {}))
+        merged: dict[str | None, InputSpec] = dict(info.inputs)
+        if None in shapes:
+            shapes = {next(iter(info.inputs)): shapes[None]}
+        merged.update(shapes)
+        prepared = _prepare_torch(module, label, example_inputs, merged, axes, seed, reference)
+        prepared.source["kind"] = "builtin"
+        return prepared
+    return _prepare_object(source, label, kind, example_inputs, shapes, axes, seed, reference)
+
+
+def _prepare_object(
+    obj: Any,
+    label: str,
+    kind: str,
+    example_inputs: tuple[Any, ...] | None,
+    shapes: dict[str | None, InputSpec],
+    axes: list[tuple[str, int, str]],
+    seed: int,
+    reference: bool,
+) -> Prepared:
+    import onnx
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        prepared = _prepare_torch(obj, label, example_inputs, shapes, axes, seed, reference)
+    elif isinstance(obj, torch.export.ExportedProgram):
+        prepared = _prepare_exported(obj, label, example_inputs, seed, reference)
+    elif isinstance(obj, (onnx.ModelProto, ir.Model)) or kind == "onnx_file":
+        prepared = _prepare_onnx(obj, label, shapes, axes, seed, reference)
+    else:
+        raise SourceError(
+            f"'{label}' returned a {type(obj).__name__}; expected an nn.Module, an "
+            "ExportedProgram, (module, example_inputs) or an ONNX model"
+        )
+    if kind == "factory":
+        prepared.source["kind"] = "factory"
+    return prepared
+
+
+def _as_tensors(example_inputs: tuple[Any, ...] | Any) -> tuple[Any, ...]:
+    import torch
+
+    if not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    return tuple(
+        t if isinstance(t, torch.Tensor) else torch.from_numpy(np.asarray(t))
+        for t in example_inputs
+    )
+
+
+def _prepare_torch(
+    module: Any,
+    label: str,
+    example_inputs: tuple[Any, ...] | None,
+    shapes: dict[str | None, InputSpec],
+    axes: list[tuple[str, int, str]],
+    seed: int,
+    reference: bool,
+) -> Prepared:
+    from edgec.frontend import torch as torch_frontend
+
+    module = module.eval()
+    if example_inputs is not None:
+        args = _as_tensors(example_inputs)
+    elif shapes:
+        args = torch_frontend.example_tensors(module, shapes, seed)
+    else:
+        raise SourceError(
+            f"'{label}' is a torch module: give its input shapes (--input-shape x=1x3x224x224)"
+        )
+    program = torch_frontend.export_program(module, args, axes, label)
+    model = torch_frontend.lower_program(program, label)
+    return _with_torch_reference(model, module, args, label, "torch", reference)
+
+
+def _prepare_exported(
+    program: Any, label: str, example_inputs: tuple[Any, ...] | None, seed: int, reference: bool
+) -> Prepared:
+    from edgec.frontend import torch as torch_frontend
+
+    if example_inputs is not None:
+        args = _as_tensors(example_inputs)
+    elif getattr(program, "example_inputs", None):
+        args = tuple(program.example_inputs[0])
+    else:
+        raise SourceError(f"'{label}' is an ExportedProgram without example inputs: pass some")
+    model = torch_frontend.lower_program(program, label)
+    return _with_torch_reference(model, program.module(), args, label, "exported", reference)
+
+
+def _with_torch_reference(
+    model: ir.Model, module: Any, args: tuple[Any, ...], label: str, kind: str, reference: bool
+) -> Prepared:
+    from edgec.frontend import torch as torch_frontend
+
+    names = [v.name or "" for v in graph_inputs(model)]
+    inputs = {n: a.detach().cpu().numpy() for n, a in zip(names, args, strict=False)}
+    outputs: dict[str, np.ndarray] = {}
+    if reference:
+        flat = torch_frontend.run_eager(module, args)
+        outputs = {v.name or "": o for v, o in zip(model.graph.outputs, flat, strict=True)}
+    source = {"kind": kind, "name": label, "reference": f"torch {_torch_version()} eager"}
+    return Prepared(model, inputs, outputs, source)
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _prepare_onnx(
+    obj: Any,
+    label: str,
+    shapes: dict[str | None, InputSpec],
+    axes: list[tuple[str, int, str]],
+    seed: int,
+    reference: bool,
+) -> Prepared:
+    import onnxruntime
+
+    from edgec.frontend import onnx as onnx_frontend
+
+    if isinstance(obj, (str, os.PathLike)):
+        model = onnx_frontend.load_file(obj)
+    else:
+        model = onnx_frontend.from_memory(obj, label)
+    onnx_frontend.set_input_shapes(model, shapes, axes)
+    inputs = random_inputs(input_specs(model), seed)
+    outputs = run_onnx(model, inputs) if reference else {}
+    source = {
+        "kind": "onnx",
+        "name": label,
+        "reference": f"onnxruntime {onnxruntime.__version__} on the unmodified model",
+    }
+    return Prepared(model, inputs, outputs, source)

@@ -1,0 +1,147 @@
+"""PyTorch -> IR: `torch.export`, then `torch.onnx.export(dynamo=True)`.
+
+Shapes are static unless the user names dynamic axes. Node names are rewritten to the torch
+module path the exporter records (`blocks.0.conv/conv2d_1`), so reports and per-op profiles
+read in the user's own terms.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+import torch
+
+from edgec.errors import OptionError, SourceError
+from edgec.frontend.sources import InputSpec
+
+logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+
+_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def forward_input_names(module: torch.nn.Module) -> list[str]:
+    params = inspect.signature(module.forward).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def example_tensors(
+    module: torch.nn.Module, specs: dict[str | None, InputSpec], seed: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """Deterministic example inputs for `forward` from named (or a single unnamed) shapes."""
+    names = forward_input_names(module)
+    if None in specs:
+        if len(specs) != 1:
+            raise OptionError("name every --input-shape when the model has several inputs")
+        specs = {names[0] if names else "input": specs[None]}
+    unknown = [n for n in specs if n not in names]
+    if unknown:
+        raise OptionError(
+            f"--input-shape names '{unknown[0]}', which is not an input of "
+            f"{type(module).__name__}.forward ({', '.join(names)})"
+        )
+    rng = np.random.default_rng(seed)
+    tensors = []
+    for name in names:
+        if name not in specs:
+            break  # trailing inputs with defaults are left to their defaults
+        spec = specs[name]
+        if spec.dtype.startswith("float"):
+            arr = rng.standard_normal(spec.shape).astype(spec.dtype)
+        elif spec.dtype == "bool":
+            arr = rng.integers(0, 2, spec.shape).astype(bool)
+        else:  # indices: 0 and 1 are valid for any embedding table
+            arr = rng.integers(0, 2, spec.shape).astype(spec.dtype)
+        tensors.append(torch.from_numpy(arr))
+    missing = [n for n in names[len(tensors) :] if n not in specs]
+    required = [
+        p.name
+        for p in inspect.signature(module.forward).parameters.values()
+        if p.default is p.empty and p.name in missing
+    ]
+    if required:
+        raise OptionError(f"input '{required[0]}' needs a shape: --input-shape {required[0]}=...")
+    return tuple(tensors)
+
+
+def _dynamic_shapes(
+    args: Sequence[torch.Tensor], names: list[str], axes: list[tuple[str, int, str]]
+) -> dict[str, dict[int, torch.export.Dim]] | None:
+    if not axes:
+        return None
+    spec: dict[str, dict[int, torch.export.Dim]] = {n: {} for n in names[: len(args)]}
+    for name, axis, symbol in axes:
+        if name not in spec:
+            raise OptionError(
+                f"--dynamic-axis names '{name}', which is not an input ({', '.join(spec)})"
+            )
+        rank = args[names.index(name)].dim()
+        if axis >= rank:
+            raise OptionError(f"--dynamic-axis {name}:{axis}: input '{name}' has rank {rank}")
+        spec[name][axis] = torch.export.Dim(symbol)
+    return spec
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def export_program(
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    dynamic_axes: list[tuple[str, int, str]] | None = None,
+    label: str = "model",
+) -> torch.export.ExportedProgram:
+    names = forward_input_names(module)
+    try:
+        return torch.export.export(
+            module, args, dynamic_shapes=_dynamic_shapes(args, names, dynamic_axes or [])
+        )
+    except OptionError:
+        raise
+    except Exception as e:
+        raise SourceError(f"torch.export cannot export '{label}': {_first_line(e)}") from None
+
+
+def lower_program(program: torch.export.ExportedProgram, label: str = "model") -> ir.Model:
+    """ExportedProgram -> ONNX IR, nodes named by their torch module path."""
+    try:
+        onnx_program = torch.onnx.export(program, dynamo=True, optimize=False, verbose=False)
+    except Exception as e:
+        raise SourceError(f"torch.onnx cannot convert '{label}': {_first_line(e)}") from None
+    model = onnx_program.model
+    name_nodes_by_module(model.graph)
+    return model
+
+
+def name_nodes_by_module(graph: ir.Graph) -> None:
+    """node_conv2d_1 -> blocks.0.conv/conv2d_1, from the exporter's name scopes."""
+    taken: set[str] = set()
+    for node in graph:
+        scopes_text = node.metadata_props.get(_SCOPES)
+        if scopes_text:
+            try:
+                scopes = ast.literal_eval(scopes_text)
+            except (ValueError, SyntaxError):
+                scopes = []
+            path = [s for s in scopes[:-1] if s]
+            if scopes and path:
+                node.name = f"{path[-1]}/{scopes[-1]}"
+        base, k = node.name or node.op_type, 1
+        while node.name in taken or not node.name:
+            node.name = f"{base}_{k}"
+            k += 1
+        taken.add(node.name)
+
+
+def run_eager(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+    """The independent reference: torch eager, outputs flattened in the exporter's order."""
+    with torch.no_grad():
+        result = module(*args)
+    flat, _ = torch.utils._pytree.tree_flatten(result)
+    return [t.detach().cpu().numpy() for t in flat if isinstance(t, torch.Tensor)]

@@ -1,0 +1,57 @@
+"""Every target's pass pipeline, in one place: a reader sees at a glance what runs for each.
+
+Pipelines are factories (passes hold per-run state such as their rewrite counts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from edgec.errors import TargetError
+from edgec.passes.base import FixedPoint, Step
+from edgec.passes.cleanup import (
+    DeduplicateInitializers,
+    DropIdentityNodes,
+    DropUnusedNodes,
+    FoldConstants,
+    InferShapes,
+    LiftConstants,
+    MergeCommonSubexpressions,
+)
+
+
+def cleanup() -> FixedPoint:
+    return FixedPoint(
+        "cleanup",
+        [
+            FoldConstants(),
+            DropIdentityNodes(),
+            MergeCommonSubexpressions(),
+            DropUnusedNodes(),
+        ],
+    )
+
+
+def cpu() -> list[Step]:
+    return [
+        cleanup(),
+        # after folding, so that folded results are lifted too
+        LiftConstants(),
+        DeduplicateInitializers(),
+        InferShapes(),
+    ]
+
+
+def none() -> list[Step]:
+    """No rewrites: the frontend's IR as it is (for comparisons and debugging)."""
+    return []
+
+
+PIPELINES: dict[str, Callable[[], list[Step]]] = {"cpu": cpu, "none": none}
+
+
+def get_pipeline(name: str) -> list[Step]:
+    factory = PIPELINES.get(name)
+    if factory is None:
+        raise TargetError(f"unknown pipeline '{name}'; known: {', '.join(PIPELINES)}")
+    return factory()

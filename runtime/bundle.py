@@ -1,0 +1,225 @@
+"""The bundle format: a folder with `manifest.json`, the back end's artifacts and a reference.
+
+    out/my_model/
+      manifest.json    format and edgec versions, target, back end, inputs/outputs,
+                       passes with their reports, sha256 of every other file
+      model.onnx       the artifact(s) of the back end
+      reference.npz    one input and the unmodified model's output, for `edgec verify`
+
+A bundle is written to a temporary sibling folder and renamed into place, so an interrupted
+compile leaves nothing half written. This module needs only numpy and the standard library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgec.errors import BundleError, InputError
+from edgec.version import BUNDLE_FORMAT_VERSION, __version__
+
+MANIFEST = "manifest.json"
+REFERENCE = "reference.npz"
+
+Dim = int | str  # a static size, or the name of a dynamic axis
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named input or output: shape (ints, or names for dynamic axes) and numpy dtype."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+
+    def describe(self) -> str:
+        return "(" + ", ".join(str(d) for d in self.shape) + f") {self.dtype}"
+
+    def check(self, value: np.ndarray, role: str = "input") -> None:
+        """Raise InputError naming this tensor if `value` has the wrong dtype or shape."""
+        if str(value.dtype) != self.dtype:
+            raise InputError(f"{role} '{self.name}' has dtype {value.dtype}; expected {self.dtype}")
+        shape_ok = len(value.shape) == len(self.shape) and all(
+            isinstance(d, str) or d == s for d, s in zip(self.shape, value.shape, strict=True)
+        )
+        if not shape_ok:
+            got = "(" + ", ".join(str(s) for s in value.shape) + ")"
+            want = "(" + ", ".join(str(d) for d in self.shape) + ")"
+            raise InputError(f"{role} '{self.name}' has shape {got}; expected {want}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(d["name"], tuple(d["shape"]), d["dtype"])
+
+
+@dataclass
+class Manifest:
+    """What `manifest.json` holds; see the module docstring."""
+
+    target: str
+    backend: str
+    artifacts: dict[str, str]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    passes: list[dict[str, Any]] = field(default_factory=list)
+    reference: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    compile: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    format_version: int = BUNDLE_FORMAT_VERSION
+    edgec_version: str = __version__
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["inputs"] = [t.to_json() for t in self.inputs]
+        d["outputs"] = [t.to_json() for t in self.outputs]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Manifest:
+        d = dict(d)
+        d["inputs"] = [TensorSpec.from_json(t) for t in d["inputs"]]
+        d["outputs"] = [TensorSpec.from_json(t) for t in d["outputs"]]
+        return cls(**d)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read and sanity-check a bundle's manifest; BundleError names what is wrong."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise BundleError(f"bundle '{folder}' does not exist or is not a folder")
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"'{folder}' is not an edgec bundle: {MANIFEST} is missing")
+    try:
+        raw = json.loads(mpath.read_text())
+        version = int(raw["format_version"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise BundleError(f"bundle '{folder}': {MANIFEST} is malformed ({e})") from None
+    if version > BUNDLE_FORMAT_VERSION:
+        raise BundleError(
+            f"bundle '{folder}' has format version {version}; this edgec ({__version__}) "
+            f"reads up to {BUNDLE_FORMAT_VERSION}: upgrade edgec"
+        )
+    try:
+        return Manifest.from_json(raw)
+    except (KeyError, TypeError) as e:
+        raise BundleError(f"bundle '{folder}': {MANIFEST} is malformed ({e})") from None
+
+
+def check_files(folder: Path, manifest: Manifest) -> None:
+    """Check that every file the manifest lists exists with its recorded sha256."""
+    for name, digest in manifest.files.items():
+        p = folder / name
+        if not p.is_file():
+            raise BundleError(f"bundle '{folder}': file '{name}' is missing")
+        if sha256_file(p) != digest:
+            raise BundleError(
+                f"bundle '{folder}': checksum mismatch for '{name}' (the file was modified)"
+            )
+    missing = [a for a in manifest.artifacts.values() if a not in manifest.files]
+    if missing:
+        raise BundleError(f"bundle '{folder}': artifact '{missing[0]}' has no checksum")
+
+
+def save_reference(
+    folder: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+) -> None:
+    arrays = {f"input/{k}": v for k, v in inputs.items()}
+    arrays.update({f"output/{k}": v for k, v in outputs.items()})
+    np.savez(folder / REFERENCE, **arrays)  # type: ignore[arg-type]
+
+
+def load_reference(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    with np.load(folder / REFERENCE, allow_pickle=False) as z:
+        ins = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("input/")}
+        outs = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("output/")}
+    return ins, outs
+
+
+def _is_bundle(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file()
+
+
+@contextlib.contextmanager
+def staged_bundle(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty staging folder; on success it replaces `dest` atomically.
+
+    The staging folder is a sibling of `dest` (same file system, so the final step is a
+    rename). On any exception, KeyboardInterrupt included, it is removed and `dest` is left
+    as it was. An existing `dest` is replaced only if it is empty or an edgec bundle: a folder
+    of the user's is never overwritten.
+    """
+    dest = Path(dest)
+    if dest.exists() and not (dest.is_dir() and (_is_bundle(dest) or not any(dest.iterdir()))):
+        raise BundleError(
+            f"output '{dest}' exists and is not an edgec bundle; choose another output path"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    try:
+        yield stage
+        old = None
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            os.rename(dest, old / "bundle")
+        os.rename(stage, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def finalize_manifest(stage: Path, manifest: Manifest) -> None:
+    """Record the sha256 of every file in `stage`, then write the manifest last."""
+    manifest.files = {
+        p.relative_to(stage).as_posix(): sha256_file(p)
+        for p in sorted(stage.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    (stage / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+
+
+@dataclass
+class Bundle:
+    """A bundle on disk: its folder and manifest. `Bundle.open(path)` checks checksums."""
+
+    path: Path
+    manifest: Manifest
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], check: bool = True) -> Bundle:
+        folder = Path(path)
+        manifest = read_manifest(folder)
+        if check:
+            check_files(folder, manifest)
+        return cls(folder, manifest)
+
+    def load(self, threads: int = 0) -> Any:
+        from edgec.runtime.session import Session
+
+        return Session(self, threads=threads)

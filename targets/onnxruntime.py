@@ -1,0 +1,48 @@
+"""Target `cpu`: the optimized IR as an ONNX file, run by onnxruntime's CPU provider.
+
+onnxruntime's own graph optimizations stay on at run time (level `all`): edgec's passes go
+beyond them (folds that need whole-graph reasoning), and its fusions are kept on top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx_ir as ir
+
+from edgec.irutil import ort_session
+from edgec.targets.base import Artifacts, CompileOptions
+
+# protobuf cannot hold 2 GiB; past this much weight data, it goes to model.onnx.data
+EXTERNAL_DATA_BYTES = 1_500_000_000
+
+
+def weight_bytes(model: ir.Model) -> int:
+    return sum(
+        v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None
+    )
+
+
+def save_onnx(model: ir.Model, path: Path) -> list[str]:
+    """Write the model; returns the files written (external data only when needed)."""
+    if weight_bytes(model) > EXTERNAL_DATA_BYTES:
+        data = path.name + ".data"
+        ir.save(model, path, external_data=data, size_threshold_bytes=1024)
+        return [path.name, data]
+    ir.save(model, path)
+    return [path.name]
+
+
+class OnnxruntimeTarget:
+    name = "cpu"
+    backend = "onnxruntime"
+    pipeline = "cpu"
+    description = "host CPU (x86_64 or arm64) through onnxruntime's CPU execution provider"
+
+    def compile(self, model: ir.Model, options: CompileOptions, stage: Path) -> Artifacts:
+        files = save_onnx(model, stage / "model.onnx")
+        ort_session(stage / "model.onnx", optimize=True)  # fails here, naming an unsupported op
+        artifacts = {"model": files[0]}
+        if len(files) > 1:
+            artifacts["weights"] = files[1]
+        return Artifacts(artifacts, {"graph_optimization_level": "all"})

@@ -1,0 +1,20 @@
+"""The table of targets: name -> target plugin."""
+
+from __future__ import annotations
+
+from edgec.errors import TargetError
+from edgec.targets.base import Target
+from edgec.targets.onnxruntime import OnnxruntimeTarget
+
+TARGETS: dict[str, Target] = {t.name: t for t in (OnnxruntimeTarget(),)}
+
+
+def get_target(name: str) -> Target:
+    target = TARGETS.get(name)
+    if target is None:
+        raise TargetError(f"unknown target '{name}'; known targets: {', '.join(TARGETS)}")
+    return target
+
+
+def list_targets() -> list[Target]:
+    return list(TARGETS.values())
