@@ -146,7 +146,7 @@ def _prepare_torch(
             f"'{label}' is a torch module: give its input shapes (--input-shape x=1x3x224x224)"
         )
     program = torch_frontend.export_program(module, args, axes, label)
-    model = torch_frontend.lower_program(program, label)
+    model = torch_frontend.lower_program(program, label, axes)
     return _with_torch_reference(model, module, args, label, "torch", reference)
 
 

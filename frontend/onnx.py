@@ -26,7 +26,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def load_file(path: str | os.PathLike[str]) -> ir.Model:
-    """Read and check an .onnx file; the IR keeps external tensors as read-only references."""
+    """Read and check an .onnx file; external data is read into memory, so the IR never
+    refers back to (or writes to) the user's files."""
     p = Path(path)
     if not p.exists():
         raise ModelFormatError(f"model file '{p}' does not exist")
@@ -44,7 +45,7 @@ def load_file(path: str | os.PathLike[str]) -> ir.Model:
     except Exception as e:
         raise ModelFormatError(f"'{p}' fails the ONNX checker: {_first_line(e)}") from None
     try:
-        model = ir.load(str(p))
+        model = ir.external_data.load_to_model(ir.load(str(p)))
     except Exception as e:
         raise ModelFormatError(f"cannot read '{p}': {_first_line(e)}") from None
     check_ops(model, str(p))

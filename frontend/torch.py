@@ -108,15 +108,49 @@ def export_program(
         raise SourceError(f"torch.export cannot export '{label}': {_first_line(e)}") from None
 
 
-def lower_program(program: torch.export.ExportedProgram, label: str = "model") -> ir.Model:
-    """ExportedProgram -> ONNX IR, nodes named by their torch module path."""
+def lower_program(
+    program: torch.export.ExportedProgram,
+    label: str = "model",
+    dynamic_axes: list[tuple[str, int, str]] | None = None,
+) -> ir.Model:
+    """ExportedProgram -> ONNX IR, nodes named by their torch module path, dynamic axes
+    named by the user's symbols."""
     try:
         onnx_program = torch.onnx.export(program, dynamo=True, optimize=False, verbose=False)
     except Exception as e:
         raise SourceError(f"torch.onnx cannot convert '{label}': {_first_line(e)}") from None
     model = onnx_program.model
     name_nodes_by_module(model.graph)
+    rename_symbols(model, dynamic_axes or [])
     return model
+
+
+def rename_symbols(model: ir.Model, axes: list[tuple[str, int, str]]) -> None:
+    """torch.export names dynamic sizes itself (s77); give them the user's names (batch)."""
+    inputs = {v.name: v for v in model.graph.inputs}
+    renames: dict[str, str] = {}
+    for name, axis, symbol in axes:
+        value = inputs.get(name)
+        if value is not None and value.shape is not None:
+            dim = value.shape[axis]
+            if isinstance(dim, ir.SymbolicDim) and dim.value:
+                renames[dim.value] = symbol
+    if not renames:
+        return
+    values = [*model.graph.inputs, *model.graph.outputs]
+    values += [out for node in model.graph for out in node.outputs]
+    for value in values:
+        if value.shape is None:
+            continue
+        if any(isinstance(d, ir.SymbolicDim) and d.value in renames for d in value.shape):
+            value.shape = ir.Shape(
+                [
+                    ir.SymbolicDim(renames[d.value])
+                    if isinstance(d, ir.SymbolicDim) and d.value in renames
+                    else d
+                    for d in value.shape
+                ]
+            )
 
 
 def name_nodes_by_module(graph: ir.Graph) -> None:

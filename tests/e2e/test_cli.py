@@ -1,0 +1,282 @@
+"""The CLI: every verb, and every user error exits 2 with one line naming the thing at fault
+while leaving the user's files untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgec.targets.onnxruntime import OnnxruntimeTarget
+from tests.conftest import make_onnx_model, tree_digest
+
+EDGEC = str(Path(sys.executable).with_name("edgec"))
+
+
+def one_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, text
+    assert "Traceback" not in text
+    return lines[0]
+
+
+def test_compile_verify_run_profile_inspect(cli, onnx_file: Path, tmp_path: Path) -> None:
+    before = tree_digest(onnx_file.parent)
+    out = tmp_path / "out" / "small"
+    r = cli("compile", onnx_file, "--target", "cpu", "-o", out, "--verify", "--report")
+    assert r.code == 0, r.err
+    assert "compiled" in r.out and "fold_constants" in r.out
+    assert tree_digest(onnx_file.parent) == before
+
+    r = cli("verify", out)
+    assert r.code == 0 and "verified" in r.out
+
+    r = cli("verify", out, "--json")
+    data = json.loads(r.out)
+    assert data["ok"] and data["max_rel_error"] <= data["tolerance"]
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = cli("run", out, "--input", f"x={tmp_path / 'x.npy'}", "--output-dir", tmp_path / "preds")
+    assert r.code == 0, r.err
+    got = np.load(tmp_path / "preds" / "y.npy")
+    import onnxruntime as ort
+
+    expected = ort.InferenceSession(str(onnx_file)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+    r = cli("profile", out, "--runs", "5", "--warmup", "1", "--threads", "1", "--json")
+    report = json.loads(r.out)
+    assert report["runs"] == 5 and report["p50_ms"] > 0 and report["threads"] == 1
+
+    r = cli("profile", out, "--runs", "3", "--warmup", "0", "--per-op")
+    assert r.code == 0 and "p99" in r.out and "time per node" in r.out
+
+    r = cli("inspect", out, "--json")
+    info = json.loads(r.out)
+    assert info["stats"]["ops"]["Conv"] == 1 and info["stats"]["parameters"] > 0
+    assert info["passes"] and info["inputs"][0]["name"] == "x"
+
+    r = cli("inspect", onnx_file)
+    assert r.code == 0 and "Conv" in r.out and "MACs" in r.out
+
+
+def test_compile_json(cli, onnx_file: Path, tmp_path: Path) -> None:
+    r = cli("compile", onnx_file, "-o", tmp_path / "b", "--json")
+    data = json.loads(r.out)
+    assert data["manifest"]["backend"] == "onnxruntime"
+    assert data["manifest"]["files"]["model.onnx"]
+
+
+def test_run_positional_and_npz(cli, tiny_bundle: Path, tmp_path: Path) -> None:
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "in.npz", x=x)
+    assert cli("run", tiny_bundle, "-i", tmp_path / "x.npy").code == 0
+    r = cli("run", tiny_bundle, "-i", tmp_path / "in.npz")
+    assert r.code == 0 and "(1, 5)" in r.out
+
+
+def test_targets_and_models(cli) -> None:
+    r = cli("targets", "--json")
+    targets = json.loads(r.out)
+    assert targets[0]["name"] == "cpu" and targets[0]["backend"] == "onnxruntime"
+    r = cli("models", "--json")
+    models = {m["name"]: m for m in json.loads(r.out)}
+    assert models["vanillanet_5"]["parameters"] == 22_328_800
+    assert models["vanillanet_5"]["macs"] > 5e9
+
+
+def test_help_and_version(cli) -> None:
+    assert cli("--help").code == 0
+    r = cli("--version")
+    assert r.code == 0 and "edgec" in r.out
+
+
+def _user_file(tmp_path: Path, name: str, data: bytes) -> Path:
+    user = tmp_path / "user"
+    user.mkdir(exist_ok=True)
+    (user / name).write_bytes(data)
+    return user / name
+
+
+def _unsupported_op_model() -> bytes:
+    model = make_onnx_model()
+    model.graph.node[2].domain = "acme.ops"
+    model.opset_import.append(onnx.helper.make_opsetid("acme.ops", 1))
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("missing.onnx", None, "model file '.*missing.onnx' does not exist"),
+        (
+            "garbage.onnx",
+            b"\x00\x01 this is not a protobuf at all \xff" * 8,
+            "is not a valid ONNX file",
+        ),
+        ("custom.onnx", "unsupported", r"unsupported op 'acme.ops::Relu' \(node 'relu_a'\)"),
+    ],
+)
+def test_compile_user_errors(cli, tmp_path: Path, name: str, data, message: str) -> None:
+    if data is None:
+        (tmp_path / "user").mkdir()
+        path = tmp_path / "user" / name
+    else:
+        payload = _unsupported_op_model() if data == "unsupported" else data
+        path = _user_file(tmp_path, name, payload)
+    before = tree_digest(tmp_path / "user")
+    r = cli("compile", path, "-o", tmp_path / "out")
+    assert r.code == 2
+    import re
+
+    assert re.search(message, one_line(r.err)), r.err
+    assert tree_digest(tmp_path / "user") == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_target(cli, onnx_file: Path, tmp_path: Path) -> None:
+    r = cli("compile", onnx_file, "--target", "gpu9000", "-o", tmp_path / "o")
+    assert r.code == 2
+    assert "unknown target 'gpu9000'; known targets: cpu" in one_line(r.err)
+
+
+def test_bad_input_shape_option(cli, onnx_file: Path, tmp_path: Path) -> None:
+    r = cli("compile", onnx_file, "--input-shape", "x=1x3xZ", "-o", tmp_path / "o")
+    assert r.code == 2 and "malformed input shape 'x=1x3xZ'" in one_line(r.err)
+
+
+def test_run_wrong_input_shape(cli, tiny_bundle: Path, tmp_path: Path) -> None:
+    path = tmp_path / "img.npy"
+    np.save(path, np.zeros((1, 3, 32, 32), np.float32))
+    before = tree_digest(tmp_path)
+    r = cli("run", tiny_bundle, "--input", f"x={path}")
+    assert r.code == 2
+    assert "input 'x' has shape (1, 3, 32, 32); expected (1, 3, 16, 16)" in one_line(r.err)
+    assert tree_digest(tmp_path) == before
+
+
+def test_run_missing_input_file(cli, tiny_bundle: Path, tmp_path: Path) -> None:
+    r = cli("run", tiny_bundle, "--input", f"x={tmp_path / 'none.npy'}")
+    assert r.code == 2 and "input file" in one_line(r.err) and "none.npy" in r.err
+
+
+def test_verify_tampered_bundle(cli, tiny_bundle: Path, tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    data = bytearray((b / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (b / "model.onnx").write_bytes(bytes(data))
+    r = cli("verify", b)
+    assert r.code == 2
+    assert "checksum mismatch for 'model.onnx'" in one_line(r.err)
+
+
+def test_verify_not_a_bundle(cli, tmp_path: Path) -> None:
+    r = cli("verify", tmp_path)
+    assert r.code == 2 and "not an edgec bundle" in one_line(r.err)
+
+
+def test_interrupted_compile_leaves_nothing(
+    cli, onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(self, model, options, stage):
+        (stage / "model.onnx").write_bytes(b"half written")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OnnxruntimeTarget, "compile", interrupted)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = cli("compile", onnx_file, "-o", out / "b")
+    assert r.code == 130 and "nothing was written" in r.err
+    assert list(out.iterdir()) == []
+
+
+def test_interrupted_recompile_keeps_old_bundle(
+    cli, tiny_bundle: Path, onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    before = tree_digest(b)
+
+    def interrupted(self, model, options, stage):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OnnxruntimeTarget, "compile", interrupted)
+    assert cli("compile", onnx_file, "-o", b).code == 130
+    assert tree_digest(b) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "user"]  # no staging left
+
+
+def test_internal_fault_exits_1(
+    cli, onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self, model, options, stage):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(OnnxruntimeTarget, "compile", broken)
+    r = cli("compile", onnx_file, "-o", tmp_path / "b")
+    assert r.code == 1
+    assert "internal error (a bug in edgec): ZeroDivisionError: a bug" in one_line(r.err)
+    assert not (tmp_path / "b").exists()
+
+
+FACTORY = """
+import torch
+
+def build():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+"""
+
+
+def test_console_script_factory_source(tmp_path: Path) -> None:
+    """The installed `edgec` script, as a user runs it, on a file.py:factory source."""
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "net.py").write_text(textwrap.dedent(FACTORY))
+    before = tree_digest(user)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": ""}
+    result = subprocess.run(
+        [
+            EDGEC,
+            "compile",
+            f"{user / 'net.py'}:build",
+            "--input-shape",
+            "input=1x3x8x8",
+            "--target",
+            "cpu",
+            "-o",
+            str(tmp_path / "net"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert tree_digest(user) == before
+    result = subprocess.run(
+        [EDGEC, "verify", str(tmp_path / "net")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and "verified" in result.stdout
+
+
+def test_console_script_user_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [EDGEC, "compile", str(tmp_path / "nope.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "does not exist" in one_line(result.stderr)
