@@ -7,6 +7,7 @@ session.run({"x": x}); session.verify()
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from edgec.runtime.session import load as _load
 
 __all__ = ["BundleCheckError", "compile", "default_output", "load"]
 
+log = logging.getLogger("edgec")
+
 DEFAULT_TOLERANCE = 1e-4
 
 
@@ -39,15 +42,15 @@ class BundleCheckError(VerificationError):
 
 
 def default_output(source: Any, target: str) -> Path:
-    """out/<source name>-<target>, e.g. out/vanillanet_5-cpu or out/net-cpu for net.onnx."""
-    if isinstance(source, (str, os.PathLike)):
-        text = os.fspath(source)
-        stem = Path(text.rpartition(":")[0] or text).stem if ":" in text else Path(text).stem
-        if ":" in text:
-            stem = f"{stem}-{text.rpartition(':')[2]}"
-    else:
-        stem = type(source).__name__.lower()
-    return Path("out") / f"{stem}-{target}"
+    """out/NAME-TARGET: out/vanillanet_5-cpu, out/net-cpu for net.onnx, out/net-build-cpu
+    for net.py:build, out/pkg.mod-build-cpu for pkg.mod:build."""
+    if not isinstance(source, (str, os.PathLike)):
+        return Path("out") / f"{type(source).__name__.lower()}-{target}"
+    text = os.fspath(source)
+    where, sep, factory = text.rpartition(":")
+    if sep:
+        return Path("out") / f"{Path(where).name.removesuffix('.py')}-{factory}-{target}"
+    return Path("out") / f"{Path(text).stem}-{target}"
 
 
 def compile(
@@ -73,10 +76,15 @@ def compile(
     """
     from edgec import frontend
     from edgec.graph_stats import graph_stats
+    from edgec.irutil import input_specs, output_specs
     from edgec.passes import PassManager, get_pipeline
     from edgec.targets import CompileOptions, get_target
 
-    step = on_step or (lambda _: None)
+    def step(message: str) -> None:
+        log.info(message)
+        if on_step is not None:
+            on_step(message)
+
     tgt = get_target(target)
     out = Path(output) if output is not None else default_output(source, target)
     timings: dict[str, float] = {}
@@ -100,8 +108,15 @@ def compile(
     reports = manager.run(prepared.model)
     timings["passes_s"] = time.perf_counter() - t0
     stats_after = graph_stats(prepared.model)
-
-    from edgec.irutil import input_specs, output_specs
+    for r in reports:
+        log.debug(
+            "pass %s (round %d): %d rewrites, %d -> %d nodes",
+            r.name,
+            r.round,
+            r.rewrites,
+            r.nodes_before,
+            r.nodes_after,
+        )
 
     with staged_bundle(out) as stage:
         step(f"emitting {tgt.backend} artifacts")
@@ -130,6 +145,7 @@ def compile(
         manifest.stats = {"before": vars(stats_before), "after": vars(stats_after)}
         manifest.compile = timings
         finalize_manifest(stage, manifest)
+    log.info("wrote %s (max relative error %.2e)", out, error)
     return Bundle.open(out)
 
 

@@ -63,8 +63,13 @@ def cli(ctx: click.Context, verbose: int) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # -v: edgec's own steps; -vv: everything, the libraries underneath included
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if verbose == 1:
+        logging.getLogger("edgec").setLevel(logging.INFO)
 
 
 @cli.command()

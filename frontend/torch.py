@@ -8,9 +8,11 @@ read in the user's own terms.
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -86,6 +88,16 @@ def _dynamic_shapes(
     return spec
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """torch's exporters warn about their own internals (pytree deprecations): not the user's
+    concern, and noise on every compile."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -99,9 +111,10 @@ def export_program(
 ) -> torch.export.ExportedProgram:
     names = forward_input_names(module)
     try:
-        return torch.export.export(
-            module, args, dynamic_shapes=_dynamic_shapes(args, names, dynamic_axes or [])
-        )
+        with _quiet():
+            return torch.export.export(
+                module, args, dynamic_shapes=_dynamic_shapes(args, names, dynamic_axes or [])
+            )
     except OptionError:
         raise
     except Exception as e:
@@ -116,7 +129,8 @@ def lower_program(
     """ExportedProgram -> ONNX IR, nodes named by their torch module path, dynamic axes
     named by the user's symbols."""
     try:
-        onnx_program = torch.onnx.export(program, dynamo=True, optimize=False, verbose=False)
+        with _quiet():
+            onnx_program = torch.onnx.export(program, dynamo=True, optimize=False, verbose=False)
     except Exception as e:
         raise SourceError(f"torch.onnx cannot convert '{label}': {_first_line(e)}") from None
     model = onnx_program.model

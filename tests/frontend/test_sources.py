@@ -266,3 +266,28 @@ def test_unsupported_custom_domain(tmp_path: Path) -> None:
     onnx.save(model, path)
     with pytest.raises(UnsupportedOpError, match=r"'acme.ops::Relu' \(node 'relu_a'\)"):
         load(path)
+
+
+class DataDependent(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # control flow on a value: torch.export cannot trace it
+            return x * 2
+        return x
+
+
+def test_unexportable_module() -> None:
+    with pytest.raises(SourceError, match=r"torch.export cannot export 'DataDependent'"):
+        load(DataDependent(), input_shapes={"x": (2, 3)})
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("vanillanet_5", "out/vanillanet_5-cpu"),
+        ("models/net.onnx", "out/net-cpu"),
+        ("src/net.py:build", "out/net-build-cpu"),
+        ("pkg.mod:build", "out/pkg.mod-build-cpu"),
+    ],
+)
+def test_default_output(source: str, expected: str) -> None:
+    assert edgec.api.default_output(source, "cpu") == Path(expected)
