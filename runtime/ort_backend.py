@@ -49,7 +49,10 @@ class OrtRunner:
         so = session_options(options, threads, profile_prefix)
         try:
             self.session = ort.InferenceSession(
-                str(model_path), so, providers=["CPUExecutionProvider"]
+                str(model_path),
+                so,
+                providers=["CPUExecutionProvider"],
+                disabled_optimizers=options.get("disabled_optimizers"),
             )
         except Exception as e:  # ORT raises its own exception types for bad files
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

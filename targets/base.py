@@ -22,10 +22,15 @@ class CompileOptions:
 
 @dataclass
 class Artifacts:
-    """What a target wrote: artifact role -> file name, and how the runtime should open it."""
+    """What a target wrote: artifact role -> file name, and how the runtime should open it.
+
+    `fallbacks` are further back-end options, in order of preference, for the driver to try
+    when the bundle opened with `backend_options` fails its check against the reference.
+    """
 
     files: dict[str, str]
     backend_options: dict[str, Any] = field(default_factory=dict)
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Target(Protocol):
