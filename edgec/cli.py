@@ -108,6 +108,12 @@ def cli(ctx: click.Context, verbose: int) -> None:
     help="Seed for built-in weights and the reference input.",
 )
 @click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    help="For a built-in model: a state dict (.safetensors, or a torch file read with "
+    "weights_only=True) instead of seeded random weights.",
+)
+@click.option(
     "--report", is_flag=True, help="Print every pass: rewrites, nodes, parameters, MACs, error."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
@@ -120,6 +126,7 @@ def compile(
     verify: bool,
     tolerance: float,
     seed: int,
+    weights: Path | None,
     report: bool,
     as_json: bool,
 ) -> None:
@@ -144,6 +151,7 @@ def compile(
             verify=verify,
             tolerance=tolerance,
             seed=seed,
+            model_options={"weights": weights} if weights is not None else None,
             on_step=lambda s: status.update(s),
         )
     seconds = time.perf_counter() - start
@@ -167,6 +175,8 @@ def compile(
         f"  max relative error {m.reference['max_rel_error']:.2e} against "
         f"{m.reference['against']} (tolerance {m.reference['tolerance']:.0e})"
     )
+    if m.reference.get("note"):
+        out.print(f"  note: {m.reference['note']}")
 
 
 def _print_pass_report(passes: list[dict[str, Any]]) -> None:
@@ -466,7 +476,11 @@ def models(as_json: bool) -> None:
     for col in ("model", "family", "parameters", "MACs", "input"):
         table.add_column(col, justify="right" if col in ("parameters", "MACs") else "left")
     for r in rows:
-        shape = ", ".join(f"{k}={'x'.join(map(str, v['shape']))}" for k, v in r["inputs"].items())
+        shape = ", ".join(
+            f"{k}={'x'.join(map(str, v['shape']))}"
+            + ("" if v["dtype"] == "float32" else f":{v['dtype']}")
+            for k, v in r["inputs"].items()
+        )
         table.add_row(r["name"], r["family"], f"{r['parameters']:,}", _fmt_count(r["macs"]), shape)
     out.print(table)
 

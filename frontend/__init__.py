@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from edgec.errors import SourceError
+from edgec.errors import OptionError, SourceError
 from edgec.frontend.sources import InputSpec, classify, normalize_input_shapes, parse_dynamic_axis
 from edgec.irutil import graph_inputs, input_specs, random_inputs, run_onnx
 
@@ -61,6 +61,10 @@ def prepare(
     kind = classify(source)
     label = os.fspath(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
 
+    if model_options and kind != "builtin":
+        raise OptionError(
+            f"model options ({', '.join(model_options)}) apply to built-in models only"
+        )
     if kind == "factory":
         from edgec.frontend.sources import resolve_factory
 
@@ -74,7 +78,7 @@ def prepare(
         from edgec import models
 
         info = models.get_info(label)
-        module = models.create(label, **(model_options or {}))
+        module = models.create(label, **{"seed": seed, **(model_options or {})})
         merged: dict[str | None, InputSpec] = dict(info.inputs)
         if None in shapes:
             shapes = {next(iter(info.inputs)): shapes[None]}

@@ -3,71 +3,163 @@
     model = edgec.models.create("vanillanet_5")   # nn.Module in eval mode
     edgec.models.list_models()
 
-No weights can be downloaded here: `create` builds deterministic random weights from `seed`
-and calibrates BatchNorm statistics (see `models/init.py`), so the compiler's folds have real
-work to do and can be checked against torch.
+Each family's file holds a faithful definition of the official model (see its docstring and
+shared/MODELS.md). No weights can be downloaded here: `create` builds deterministic random
+weights from `seed`, sets the state a trained model has (BatchNorm statistics, binarizer step
+sizes, hash anchors) from one random batch, or loads a user's weights file.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from edgec.frontend.sources import InputSpec
-from edgec.models import vanillanet
+from edgec.models import binary, ecoformer, fmvit, slab, slab_pvt, slab_swin, tinyvit, vanillanet
 from edgec.models.init import calibrate_batchnorm, randomize_affine
 from edgec.models.registry import ModelInfo, get_info, list_models, register
+from edgec.models.weights import load_weights
 
-__all__ = ["ModelInfo", "count_macs", "count_parameters", "create", "get_info", "list_models"]
+__all__ = [
+    "ModelInfo",
+    "count_macs",
+    "count_parameters",
+    "create",
+    "get_info",
+    "list_models",
+]
 
 _IMAGE = {"x": InputSpec((1, 3, 224, 224))}
+_TOKENS = {"input_ids": InputSpec((1, 128), "int64")}
 
-for _name in vanillanet.CONFIGS:
+_PAPERS = {
+    "VanillaNet": "VanillaNet: the Power of Minimalism in Deep Learning (NeurIPS 2023)",
+    "TinyViT": "TinyViT: Fast Pretraining Distillation for Small Vision Transformers (ECCV 2022)",
+    "SLAB": "SLAB: Efficient Transformers with Simplified Linear Attention and Progressive "
+    "Re-parameterized Batch Normalization (ICML 2024)",
+    "EcoFormer": "EcoFormer: Energy-Saving Attention with Linear Complexity (NeurIPS 2022)",
+    "BiT": "BiT: Robustly Binarized Multi-distilled Transformer (NeurIPS 2022)",
+    "BiViT": "BiViT: Extremely Compressed Binary Vision Transformers (ICCV 2023)",
+    "FMViT": "FMViT: A multiple-frequency mixing Vision Transformer (2023), an interpretation",
+}
+
+
+def _add(
+    name: str,
+    family: str,
+    build: Callable[..., nn.Module],
+    description: str,
+    inputs: dict[str | None, InputSpec] | None = None,
+    **defaults: object,
+) -> None:
     register(
         ModelInfo(
-            name=_name,
-            family="VanillaNet",
-            build=lambda num_classes=1000, _n=_name, **kw: vanillanet.build(_n, num_classes, **kw),
-            inputs=dict(_IMAGE),
-            description=f"{_name}: plain conv net, deep-training lam = 1 (deploy-ready)",
-            paper="VanillaNet: the Power of Minimalism in Deep Learning (NeurIPS 2023)",
+            name=name,
+            family=family,
+            build=build,
+            inputs=dict(inputs or _IMAGE),
+            description=description,
+            paper=_PAPERS[family],
+            defaults=dict(defaults),
         )
     )
 
 
-def create(name: str, num_classes: int = 1000, seed: int = 0, **overrides: object) -> nn.Module:
-    """Build a built-in model in eval mode with deterministic weights from `seed`."""
+for _name in vanillanet.CONFIGS:
+    _add(
+        _name,
+        "VanillaNet",
+        lambda num_classes=1000, _n=_name, **kw: vanillanet.build(_n, num_classes, **kw),
+        "plain conv net in deep-training form (BN everywhere, conv pairs), lam = 1",
+    )
+for _name in tinyvit.CONFIGS:
+    _add(
+        _name,
+        "TinyViT",
+        lambda num_classes=1000, _n=_name: tinyvit.build(_n, num_classes),
+        "MBConv stage, then windowed attention with Conv2d_BN local convs",
+    )
+_add("slab_deit_tiny", "SLAB", slab.build_deit, "DeiT-T with simplified linear attention, PRepBN")
+_add("slab_pvt_tiny", "SLAB", slab_pvt.build, "PVT-T with simplified linear attention, PRepBN")
+_add("slab_swin_tiny", "SLAB", slab_swin.build, "Swin-T: linear attention (stages 1-2), PRepBN")
+_add(
+    "pvt_v2_b0_ecoformer",
+    "EcoFormer",
+    ecoformer.build,
+    "PVTv2-B0 with hashed binary linear attention in stages 1-3",
+)
+for _name in binary.BERT_CONFIGS:
+    _add(
+        _name,
+        "BiT",
+        lambda num_classes=2, _n=_name, **kw: binary.build_bert(_n, num_classes, **kw),
+        "binary BERT encoder (1-bit weights and activations), sequence classifier",
+        inputs=_TOKENS,
+        num_classes=2,
+    )
+_add("bivit_deit_tiny", "BiViT", binary.build_bivit, "binary DeiT-T: 1-bit weights, attention")
+_add("fmvit_tiny", "FMViT", fmvit.build, "multi-frequency mixing ViT (interpretation)")
+
+
+def create(
+    name: str,
+    num_classes: int | None = None,
+    seed: int = 0,
+    weights: str | os.PathLike[str] | None = None,
+    **overrides: object,
+) -> nn.Module:
+    """Build a built-in model in eval mode: seeded random weights, or `weights` loaded."""
     info = get_info(name)
+    options = {**info.defaults, **overrides}
+    if num_classes is not None:
+        options["num_classes"] = num_classes
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = info.build(num_classes=num_classes, **{**info.defaults, **overrides})
+        model = info.build(**options)
+    if weights is not None:
+        load_weights(model, weights)
+        return model.eval()
     generator = torch.Generator().manual_seed(seed + 1)
     randomize_affine(model, generator)
     spec = next(iter(info.inputs.values()))
-    if spec.dtype.startswith("float") and any(
+    batch = None
+    if spec.dtype.startswith("float"):
+        batch = torch.randn((2, *spec.shape[1:]), generator=generator)
+    calibrate = getattr(model, "calibrate", None)
+    if calibrate is not None:  # family-specific trained state (hash anchors, step sizes)
+        calibrate(batch, generator)
+    if batch is not None and any(
         isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model.modules()
     ):
-        batch = torch.randn((2, *spec.shape[1:]), generator=generator)
         calibrate_batchnorm(model, batch)
     return model.eval()
 
 
-def count_parameters(name: str, num_classes: int = 1000) -> int:
-    """Parameters of a built-in model, counted on the meta device (no memory, no init cost)."""
+def _meta_model(name: str, num_classes: int | None) -> nn.Module:
     info = get_info(name)
+    options = dict(info.defaults)
+    if num_classes is not None:
+        options["num_classes"] = num_classes
     with torch.device("meta"):
-        model = info.build(num_classes=num_classes, **info.defaults)
-    return sum(p.numel() for p in model.parameters())
+        return info.build(**options).eval()
 
 
-def count_macs(name: str, num_classes: int = 1000) -> int:
+def count_parameters(name: str, num_classes: int | None = None) -> int:
+    """Parameters of a built-in model, counted on the meta device (no memory, no init cost)."""
+    return sum(p.numel() for p in _meta_model(name, num_classes).parameters())
+
+
+def count_macs(name: str, num_classes: int | None = None) -> int:
     """Multiply-accumulates of one forward at the default input (torch's flop counter / 2),
     counted on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
     info = get_info(name)
+    model = _meta_model(name, num_classes)
     with torch.device("meta"):
-        model = info.build(num_classes=num_classes, **info.defaults).eval()
         args = [
             torch.zeros(spec.shape, dtype=getattr(torch, spec.dtype))
             for spec in info.inputs.values()

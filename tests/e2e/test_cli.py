@@ -280,3 +280,45 @@ def test_console_script_user_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "does not exist" in one_line(result.stderr)
+
+
+def test_compile_builtin_with_weights(cli, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from edgec import models
+
+    user = tmp_path / "user"
+    user.mkdir()
+    trained = models.create("tiny_vit_5m", seed=5)
+    save_file(trained.state_dict(), str(user / "tv5.safetensors"))
+    before = tree_digest(user)
+    r = cli("compile", "tiny_vit_5m", "--weights", user / "tv5.safetensors", "-o", tmp_path / "b")
+    assert r.code == 0, r.err
+    assert tree_digest(user) == before
+    from edgec.runtime import load
+
+    session = load(tmp_path / "b")
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        expected = trained(torch.from_numpy(x)).numpy()
+    got = next(iter(session.run({"x": x}).values()))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_builtin_with_mismatched_weights(cli, tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "wrong.pt"
+    torch.save({"head.weight": torch.zeros(3, 3)}, path)
+    before = path.read_bytes()
+    r = cli("compile", "tiny_vit_5m", "--weights", path, "-o", tmp_path / "b")
+    assert r.code == 2
+    assert "weights" in one_line(r.err) and "lack 'patch_embed.seq.0.c.weight'" in r.err
+    assert path.read_bytes() == before
+    assert not (tmp_path / "b").exists()
+
+
+def test_weights_for_a_non_builtin_source(cli, onnx_file: Path, tmp_path: Path) -> None:
+    r = cli("compile", onnx_file, "--weights", tmp_path / "w.pt", "-o", tmp_path / "b")
+    assert r.code == 2 and "built-in models only" in one_line(r.err)

@@ -1,0 +1,107 @@
+"""Baseline: each built-in model's training-form export, as onnxruntime runs it.
+
+For every model: the time to build it (seeded weights, calibration), the time to export it
+(torch.export + torch.onnx into the IR), and onnxruntime's latency on that plain export with
+all graph optimizations on, one thread, median of repeated runs; plus the export's error
+against torch eager. This is what edgec's passes have to beat.
+
+    python benchmarks/baseline.py [--models a,b] [--runs 20] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from edgec import frontend, models
+from edgec.runtime.compare import max_rel_error
+
+
+def ort_latency_ms(
+    model: ir.Model, feeds: dict[str, np.ndarray], runs: int, warmup: int
+) -> list[float]:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    proto = ir.serde.serialize_model(model).SerializeToString()
+    session = ort.InferenceSession(proto, so, providers=["CPUExecutionProvider"])
+    for _ in range(warmup):
+        session.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def measure(name: str, runs: int, warmup: int) -> dict[str, object]:
+    start = time.perf_counter()
+    module = models.create(name)
+    build_s = time.perf_counter() - start
+    info = models.get_info(name)
+    start = time.perf_counter()
+    prepared = frontend.prepare(module, input_shapes=dict(info.inputs))
+    export_s = time.perf_counter() - start
+    from edgec.irutil import run_onnx
+
+    error = max_rel_error(run_onnx(prepared.model, prepared.inputs), prepared.outputs)
+    times = ort_latency_ms(prepared.model, prepared.inputs, runs, warmup)
+    return {
+        "model": name,
+        "parameters": models.count_parameters(name),
+        "build_s": round(build_s, 2),
+        "export_s": round(export_s, 2),
+        "ort_p50_ms": round(statistics.median(times), 2),
+        "ort_min_ms": round(min(times), 2),
+        "ort_p90_ms": round(float(np.percentile(times, 90)), 2),
+        "runs": runs,
+        "export_rel_error_vs_torch": error,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default=",".join(models.list_models()))
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    rows = []
+    for name in args.models.split(","):
+        row = measure(name, args.runs, args.warmup)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "onnxruntime": ort.__version__,
+        "threads": 1,
+    }
+    (args.out / "baseline.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [
+        "| model | parameters | export (s) | onnxruntime p50 (ms) | p90 (ms) | error vs torch |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['parameters']:,} | {r['export_s']} | {r['ort_p50_ms']} | "
+            f"{r['ort_p90_ms']} | {r['export_rel_error_vs_torch']:.1e} |"
+        )
+    (args.out / "baseline.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
