@@ -59,17 +59,24 @@ def node_macs(node: ir.Node) -> int | None:
     return 0
 
 
+_INDEX_TYPES = (ir.DataType.INT64, ir.DataType.INT32)
+
+
 def parameters(model: ir.Model) -> int:
-    """Elements in the initializers and the tensors of Constant nodes."""
+    """Weights: elements of the initializers and Constant tensors, except int64/int32 ones
+    (shapes, axes, gather indices), which are structure rather than parameters."""
     total = sum(
-        math.prod(v.shape.dims) if v.shape is not None else 0
+        math.prod(v.shape.dims)
         for v in model.graph.initializers.values()
+        if v.shape is not None and v.dtype not in _INDEX_TYPES
     )
     for node in model.graph:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             attr = node.attributes.get("value")
             if attr is not None and attr.type == ir.AttributeType.TENSOR:
-                total += math.prod(attr.as_tensor().shape.dims)
+                tensor = attr.as_tensor()
+                if tensor.dtype not in _INDEX_TYPES:
+                    total += math.prod(tensor.shape.dims)
     return total
 
 

@@ -18,6 +18,9 @@ from edgec.passes.cleanup import (
     LiftConstants,
     MergeCommonSubexpressions,
 )
+from edgec.passes.drop_identity_activations import DropIdentityActivations
+from edgec.passes.fold_batchnorm import FoldBatchnorm
+from edgec.passes.merge_serial_linear import MergeSerialLinear
 
 
 def cleanup() -> FixedPoint:
@@ -32,9 +35,24 @@ def cleanup() -> FixedPoint:
     )
 
 
+def reparameterize() -> FixedPoint:
+    """Fold training-only structure; the clean-ups run in every round, until nothing fires."""
+    return FixedPoint(
+        "reparameterize",
+        [
+            DropIdentityActivations(),
+            # BN before serial merges, so that conv pairs have nothing between them
+            FoldBatchnorm(),
+            MergeSerialLinear(),
+            *cleanup().passes,
+        ],
+    )
+
+
 def cpu() -> list[Step]:
     return [
         cleanup(),
+        reparameterize(),
         # after folding, so that folded results are lifted too
         LiftConstants(),
         DeduplicateInitializers(),

@@ -68,7 +68,11 @@ def test_full_size_compile_matches_torch(tmp_path: Path) -> None:
     got = next(iter(bundle.load().run({"x": x}).values()))
     assert got.shape == (1, 1000)
     assert rel_error(got, expected) < 1e-5
-    assert bundle.manifest.stats["after"]["ops"]["Conv"] == 14
+    # the deploy form: BN folded, conv pairs merged, leaky_relu(x, 1) gone (MODELS.md)
+    after = bundle.manifest.stats["after"]
+    assert after["ops"] == {"Conv": 9, "Relu": 4, "MaxPool": 3, "ReduceMean": 1, "Reshape": 1}
+    assert after["parameters"] == 15_523_304
+    assert after["macs"] == pytest.approx(5.16e9, rel=0.005)
 
 
 @pytest.mark.parametrize("name", ["vanillanet_6", "vanillanet_9"])

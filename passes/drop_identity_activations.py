@@ -1,0 +1,87 @@
+"""op(x) -> x for ops that compute the identity at inference.
+
+    LeakyRelu(x, alpha=1) = x        (VanillaNet's activations at the end of deep training)
+    Dropout(x)            = x        (inference; its mask output unread)
+    Identity(x)           = x
+    x * 1 = x,  x / 1 = x,  x + 0 = x,  x - 0 = x    (the constant must not broadcast x larger)
+    Reshape(x, s) = x                (when s is x's own static shape)
+    Resize(x) = x                    (to x's own static shape, any mode but tf_crop_and_resize)
+    Transpose(x, perm=identity) = x, Cast(x, to=dtype(x)) = x, Expand(x, shape(x)) = x
+
+Left alone: a node whose output is a graph output that x cannot become (x an input or an
+initializer), a constant that would broadcast x to a larger shape, Dropout in training mode,
+and shapes that are not static.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from edgec.passes._ir import bypass, const, is_op
+from edgec.passes.base import EdgecPass
+
+_NEUTRAL = {"Mul": 1.0, "Div": 1.0, "Add": 0.0, "Sub": 0.0}
+
+
+def _static(value: ir.Value | None) -> tuple[int, ...] | None:
+    if value is None or value.shape is None:
+        return None
+    dims = tuple(value.shape)
+    return dims if all(isinstance(d, int) for d in dims) else None  # type: ignore[return-value]
+
+
+def _same_shape(node: ir.Node) -> bool:
+    a, b = _static(node.inputs[0]), _static(node.outputs[0])
+    return a is not None and a == b
+
+
+def identity_input(node: ir.Node) -> ir.Value | None:
+    """The input `node` passes through unchanged, if it is an identity."""
+    x = node.inputs[0] if node.inputs else None
+    if x is None:
+        return None
+    op = node.op_type
+    if is_op(node, "LeakyRelu"):
+        return x if node.attributes.get_float("alpha", 0.01) == 1.0 else None
+    if is_op(node, "Identity"):
+        return x
+    if is_op(node, "Dropout"):
+        training = const(node.inputs[2]) if len(node.inputs) > 2 else None
+        return x if training is None or not bool(training) else None
+    if is_op(node, *_NEUTRAL):
+        c = const(node.inputs[1])
+        if c is None and op in ("Mul", "Add"):  # commutative: the constant may come first
+            x, c = node.inputs[1], const(node.inputs[0])
+        if x is None or c is None or not np.all(c == _NEUTRAL[op]):
+            return None
+        out, xs = _static(node.outputs[0]), _static(x)
+        if out is not None and xs is not None:
+            return x if out == xs else None
+        return x if c.ndim == 0 else None
+    if is_op(node, "Reshape", "Expand"):
+        return x if _same_shape(node) else None
+    if is_op(node, "Resize"):
+        mode = node.attributes.get_string("coordinate_transformation_mode", "half_pixel")
+        return x if _same_shape(node) and mode != "tf_crop_and_resize" else None
+    if is_op(node, "Transpose"):
+        perm = node.attributes.get_ints("perm", None)
+        return x if perm is not None and list(perm) == sorted(perm) else None
+    if is_op(node, "Cast"):
+        to = node.attributes.get_int("to", -1)
+        return x if x.dtype is not None and int(x.dtype) == to else None
+    return None
+
+
+class DropIdentityActivations(EdgecPass):
+    name = "drop_identity_activations"
+
+    def rewrite(self, model: ir.Model) -> int:
+        fired = 0
+        for node in list(model.graph):
+            if node.graph is None:
+                continue
+            x = identity_input(node)
+            if x is not None and bypass(node, x):
+                fired += 1
+        return fired
