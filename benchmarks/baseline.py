@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
+from common import plain_session, write_results  # the script's own folder
 
 from edgec import frontend, models
 from edgec.runtime.compare import max_rel_error
@@ -28,13 +29,7 @@ from edgec.runtime.compare import max_rel_error
 def ort_latency_ms(
     model: ir.Model, feeds: dict[str, np.ndarray], runs: int, warmup: int
 ) -> list[float]:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    proto = ir.serde.serialize_model(model).SerializeToString()
-    session = ort.InferenceSession(proto, so, providers=["CPUExecutionProvider"])
+    session = plain_session(model)
     for _ in range(warmup):
         session.run(None, feeds)
     times = []
@@ -82,25 +77,33 @@ def main() -> None:
         row = measure(name, args.runs, args.warmup)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "onnxruntime": ort.__version__,
-        "threads": 1,
-    }
-    (args.out / "baseline.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [
-        "| model | parameters | export (s) | onnxruntime p50 (ms) | p90 (ms) | error vs torch |",
-        "|---|---:|---:|---:|---:|---:|",
+    meta = {"machine": platform.machine(), "onnxruntime": ort.__version__, "threads": 1}
+    header = [
+        "model",
+        "parameters",
+        "export (s)",
+        "onnxruntime p50 (ms)",
+        "p90 (ms)",
+        "error vs torch",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['parameters']:,} | {r['export_s']} | {r['ort_p50_ms']} | "
-            f"{r['ort_p90_ms']} | {r['export_rel_error_vs_torch']:.1e} |"
-        )
-    (args.out / "baseline.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = write_results(
+        args.out,
+        "baseline",
+        {"meta": meta, "rows": rows},
+        header,
+        [
+            [
+                str(r["model"]),
+                f"{r['parameters']:,}",
+                str(r["export_s"]),
+                str(r["ort_p50_ms"]),
+                str(r["ort_p90_ms"]),
+                f"{r['export_rel_error_vs_torch']:.1e}",
+            ]
+            for r in rows
+        ],
+    )
+    print(table)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ def compile(
     from edgec.graph_stats import graph_stats
     from edgec.irutil import input_specs, output_specs
     from edgec.passes import PassManager, get_pipeline
+    from edgec.passes.cleanup import InferShapes
     from edgec.targets import CompileOptions, get_target
 
     def step(message: str) -> None:
@@ -100,6 +101,8 @@ def compile(
         model_options=model_options,
     )
     timings["frontend_s"] = time.perf_counter() - t0
+    # shapes only (exporters leave some out), so that the 'before' MACs are complete
+    InferShapes()(prepared.model)
     stats_before = graph_stats(prepared.model)
 
     step(f"running the '{tgt.pipeline}' pipeline" + (" (verified)" if verify else ""))

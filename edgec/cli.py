@@ -114,7 +114,9 @@ def cli(ctx: click.Context, verbose: int) -> None:
     "weights_only=True) instead of seeded random weights.",
 )
 @click.option(
-    "--report", is_flag=True, help="Print every pass: rewrites, nodes, parameters, MACs, error."
+    "--report",
+    is_flag=True,
+    help="Print every pass: rewrites, nodes, parameters, MACs, error (implies --verify).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile(
@@ -140,6 +142,7 @@ def compile(
 
     if tolerance <= 0:
         raise OptionError(f"--tolerance must be positive (got {tolerance})")
+    verify = verify or report  # the report's error column needs the per-pass runs
     start = time.perf_counter()
     with err.status("compiling", spinner="dots") as status:
         bundle = edgec.compile(

@@ -65,11 +65,14 @@ _INDEX_TYPES = (ir.DataType.INT64, ir.DataType.INT32)
 def parameters(model: ir.Model) -> int:
     """Weights: elements of the initializers and Constant tensors, except int64/int32 ones
     (shapes, axes, gather indices), which are structure rather than parameters."""
-    total = sum(
-        math.prod(v.shape.dims)
-        for v in model.graph.initializers.values()
-        if v.shape is not None and v.dtype not in _INDEX_TYPES
-    )
+    total = 0
+    for v in model.graph.initializers.values():
+        # the tensor's own shape: a value's annotation can carry symbolic dims after inference
+        tensor = v.const_value
+        shape = tensor.shape if tensor is not None else v.shape
+        dtype = tensor.dtype if tensor is not None else v.dtype
+        if shape is not None and dtype not in _INDEX_TYPES:
+            total += math.prod(int(d) for d in shape.dims)
     for node in model.graph:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             attr = node.attributes.get("value")

@@ -4,12 +4,20 @@ and bypassing a node whose output another value can stand in for."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import numpy as np
 import onnx_ir as ir
 
 STANDARD = ("", "ai.onnx")
 _counter = itertools.count()
+
+
+def live_nodes(model: ir.Model) -> Iterator[ir.Node]:
+    """The graph's nodes, skipping any that an earlier rewrite in the same walk removed."""
+    for node in list(model.graph):
+        if node.graph is not None:
+            yield node
 
 
 def is_op(node: ir.Node | None, *op_types: str) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgec.passes._ir import bypass, const, is_op
+from edgec.passes._ir import bypass, const, is_op, live_nodes
 from edgec.passes.base import EdgecPass
 
 _NEUTRAL = {"Mul": 1.0, "Div": 1.0, "Add": 0.0, "Sub": 0.0}
@@ -78,9 +78,7 @@ class DropIdentityActivations(EdgecPass):
 
     def rewrite(self, model: ir.Model) -> int:
         fired = 0
-        for node in list(model.graph):
-            if node.graph is None:
-                continue
+        for node in live_nodes(model):
             x = identity_input(node)
             if x is not None and bypass(node, x):
                 fired += 1

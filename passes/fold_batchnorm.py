@@ -23,7 +23,15 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgec.passes._ir import as_f32, bypass, const, is_op, only_consumer, set_const_input
+from edgec.passes._ir import (
+    as_f32,
+    bypass,
+    const,
+    is_op,
+    live_nodes,
+    only_consumer,
+    set_const_input,
+)
 from edgec.passes.base import EdgecPass
 
 
@@ -152,9 +160,7 @@ class FoldBatchnorm(EdgecPass):
 
     def rewrite(self, model: ir.Model) -> int:
         fired = 0
-        for node in list(model.graph):
-            if node.graph is None:  # removed by an earlier rewrite in this walk
-                continue
+        for node in live_nodes(model):
             affine = bn_affine(node)
             if affine is None:
                 continue

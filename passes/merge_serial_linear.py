@@ -33,6 +33,7 @@ from edgec.passes._ir import (
     drop_if_orphaned,
     initializer,
     is_op,
+    live_nodes,
     only_consumer,
     set_const_input,
 )
@@ -180,9 +181,7 @@ class MergeSerialLinear(EdgecPass):
 
     def rewrite(self, model: ir.Model) -> int:
         fired = 0
-        for node in list(model.graph):
-            if node.graph is None:
-                continue
+        for node in live_nodes(model):
             if is_op(node, "Conv"):
                 nxt = only_consumer(node.outputs[0])
                 if is_op(nxt, "Conv") and nxt is not None and nxt.inputs[0] is node.outputs[0]:

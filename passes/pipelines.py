@@ -20,6 +20,9 @@ from edgec.passes.cleanup import (
 )
 from edgec.passes.drop_identity_activations import DropIdentityActivations
 from edgec.passes.fold_batchnorm import FoldBatchnorm
+from edgec.passes.fold_channel_affine import FoldChannelAffine
+from edgec.passes.fold_repbn import FoldRepbn
+from edgec.passes.merge_parallel_branches import MergeParallelBranches
 from edgec.passes.merge_serial_linear import MergeSerialLinear
 
 
@@ -41,8 +44,13 @@ def reparameterize() -> FixedPoint:
         "reparameterize",
         [
             DropIdentityActivations(),
-            # BN before serial merges, so that conv pairs have nothing between them
+            # BN first: conv pairs and branches then have nothing between them
             FoldBatchnorm(),
+            # a BN left in a sum or on tokens becomes an affine, for fold_channel_affine
+            FoldRepbn(),
+            FoldChannelAffine(),
+            # branches before serial merges: a merged branch sum may start a serial pair
+            MergeParallelBranches(),
             MergeSerialLinear(),
             *cleanup().passes,
         ],

@@ -1,0 +1,33 @@
+"""What the benchmark scripts share: the peer (onnxruntime on a plain export) and the writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx_ir as ir
+import onnxruntime as ort
+
+
+def plain_session(model: ir.Model, threads: int = 1) -> ort.InferenceSession:
+    """onnxruntime with all graph optimizations on the model as exported: the peer."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    proto = ir.serde.serialize_model(model).SerializeToString()
+    return ort.InferenceSession(proto, so, providers=["CPUExecutionProvider"])
+
+
+def write_results(
+    out: Path, name: str, data: object, header: list[str], rows: list[list[str]]
+) -> str:
+    """Write NAME.json and a markdown table NAME.md under `out`; returns the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    table = "\n".join(lines) + "\n"
+    (out / f"{name}.md").write_text(table)
+    return table

@@ -1,0 +1,103 @@
+"""merge_serial_linear: conv pairs and MatMul chains become one op when that is cheaper."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgec.passes.merge_serial_linear import MergeSerialLinear
+from tests.passes.graphs import Graph, apply, check, ops
+
+
+@pytest.mark.parametrize(
+    ("k", "stride", "pad", "bias"),
+    [(4, 4, 0, True), (3, 1, 1, False), (1, 1, 0, True), (3, 2, 1, True)],
+)
+def test_kxk_then_pointwise(k: int, stride: int, pad: int, bias: bool) -> None:
+    g = Graph((1, 3, 16, 16))
+    y = g.conv(g.conv("x", 3, 8, k, stride=stride, pad=pad, bias=bias), 8, 8, 1, pad=0)
+    before = g.model(y)
+    after, fired = apply(MergeSerialLinear(), before)
+    assert fired == 1 and ops(after) == ["Conv"]
+    assert after.graph.node(0).inputs[1].shape.dims == (8, 3, k, k)
+    check(before, after)
+
+
+@pytest.mark.parametrize(
+    ("k", "stride", "pad", "bias"), [(3, 1, 0, True), (3, 2, 1, False), (5, 1, 2, False)]
+)
+def test_pointwise_then_kxk(k: int, stride: int, pad: int, bias: bool) -> None:
+    g = Graph((1, 3, 12, 12))  # 3 -> 8 -> 4: merged 4*3*k^2 < 8*3 + 4*8*k^2
+    y = g.conv(g.conv("x", 3, 8, 1, pad=0, bias=bias), 8, 4, k, stride=stride, pad=pad)
+    before = g.model(y)
+    after, fired = apply(MergeSerialLinear(), before)
+    assert fired == 1 and ops(after) == ["Conv"]
+    check(before, after)
+
+
+def test_padded_after_biased_pointwise_is_left_alone() -> None:
+    """The padding of the second conv would read 0 where the merged conv reads b1."""
+    g = Graph((1, 4, 12, 12))
+    y = g.conv(g.conv("x", 4, 3, 1, pad=0, bias=True), 3, 6, 3, pad=1)
+    after, fired = apply(MergeSerialLinear(), g.model(y))
+    assert fired == 0 and ops(after) == ["Conv", "Conv"]
+
+
+def test_bottleneck_is_left_alone() -> None:
+    """64 -> 4 -> 64 with 3x3 kernels: the merge would cost 64*64*9 against 64*4*9 + 4*64."""
+    g = Graph((1, 64, 8, 8))
+    y = g.conv(g.conv("x", 64, 4, 3), 4, 64, 1, pad=0)
+    after, fired = apply(MergeSerialLinear(), g.model(y))
+    assert fired == 0 and ops(after).count("Conv") == 2
+
+
+def test_grouped_first_conv_is_left_alone() -> None:
+    g = Graph((1, 8, 8, 8))
+    y = g.conv(g.conv("x", 8, 8, 3, groups=8), 8, 8, 1, pad=0)
+    after, fired = apply(MergeSerialLinear(), g.model(y))
+    assert fired == 0 and ops(after).count("Conv") == 2
+
+
+def test_nonlinearity_between_is_left_alone() -> None:
+    g = Graph((1, 4, 8, 8))
+    y = g.conv(g.op("Relu", g.conv("x", 4, 4, 3)), 4, 4, 1, pad=0)
+    after, fired = apply(MergeSerialLinear(), g.model(y))
+    assert fired == 0 and ops(after).count("Conv") == 2
+
+
+@pytest.mark.parametrize("second", ["MatMul", "MatMulAdd", "Gemm"])
+def test_dense_chain(second: str) -> None:
+    g = Graph((3, 6))
+    h = g.op("Add", g.op("MatMul", "x", g.w(6, 5)), g.w(5))
+    if second == "MatMul":
+        y = g.op("MatMul", h, g.w(5, 4))
+    elif second == "MatMulAdd":
+        y = g.op("Add", g.op("MatMul", h, g.w(5, 4)), g.w(4))
+    else:
+        y = g.op("Gemm", h, g.w(4, 5), g.w(4), transB=1, alpha=0.5)
+    before = g.model(y)
+    after, fired = apply(MergeSerialLinear(), before)
+    assert fired == 1 and ops(after) == ["MatMul", "Add"]
+    check(before, after)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    cin=st.integers(1, 6),
+    mid=st.integers(4, 12),
+    cout=st.integers(1, 6),
+    k=st.sampled_from([1, 2, 3, 5]),
+    stride=st.integers(1, 3),
+    pad=st.integers(0, 2),
+    seed=st.integers(0, 10_000),
+)
+def test_property_conv_pairs(
+    cin: int, mid: int, cout: int, k: int, stride: int, pad: int, seed: int
+) -> None:
+    g = Graph((1, cin, 13, 13), seed=seed)
+    y = g.conv(g.conv("x", cin, mid, k, stride=stride, pad=pad), mid, cout, 1, pad=0)
+    before = g.model(y)
+    after, fired = apply(MergeSerialLinear(), before)
+    assert fired == 1  # cout * cin * k^2 <= mid * cin * k^2 + cout * mid always holds here
+    check(before, after)
