@@ -99,5 +99,6 @@ def test_property_conv_pairs(
     y = g.conv(g.conv("x", cin, mid, k, stride=stride, pad=pad), mid, cout, 1, pad=0)
     before = g.model(y)
     after, fired = apply(MergeSerialLinear(), before)
-    assert fired == 1  # cout * cin * k^2 <= mid * cin * k^2 + cout * mid always holds here
+    cheaper = cout * cin * k * k <= mid * cin * k * k + cout * mid
+    assert fired == int(cheaper)  # merged only when it costs no more than the pair
     check(before, after)
