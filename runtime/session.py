@@ -35,6 +35,10 @@ def make_runner(bundle: Bundle, threads: int = 0, profile_prefix: str | None = N
         return OrtRunner(
             bundle.path / m.artifacts["model"], m.backend_options, threads, profile_prefix
         )
+    if m.backend == "tvm":
+        from edgec.runtime.tvm_backend import TvmRunner
+
+        return TvmRunner(bundle.path / m.artifacts["model"], [s.name for s in m.inputs], threads)
     raise BundleError(
         f"bundle '{bundle.path}' needs back end '{m.backend}', which this runtime does not have"
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 from edgec.errors import TargetError
 from edgec.targets.base import Target
 from edgec.targets.onnxruntime import OnnxruntimeTarget
+from edgec.targets.tvm import TvmX86Target
 
-TARGETS: dict[str, Target] = {t.name: t for t in (OnnxruntimeTarget(),)}
+TARGETS: dict[str, Target] = {t.name: t for t in (OnnxruntimeTarget(), TvmX86Target())}
 
 
 def get_target(name: str) -> Target:

@@ -1,0 +1,35 @@
+"""The TVM back end of the runtime: a Relax VM executable (`model.so`) on the CPU.
+
+Needs only TVM's runtime (`TVM_USE_RUNTIME_LIB=1` loads nothing else), not the compiler.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgec.errors import BundleError
+
+
+class TvmRunner:
+    def __init__(self, path: Path, input_names: list[str], threads: int = 0) -> None:
+        import tvm
+        from tvm import relax
+
+        if threads > 0:  # (mode 1: big cores first, n threads)
+            tvm.get_global_func("runtime.config_threadpool")(1, threads)
+        try:
+            self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BundleError(f"TVM cannot load '{path}': {first}") from None
+        self.input_names = input_names
+        self._tvm = tvm
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        args = [self._tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in self.input_names]
+        out: Any = self.vm["main"](*args)
+        outputs = list(out) if not hasattr(out, "numpy") else [out]
+        return [o.numpy() for o in outputs]
