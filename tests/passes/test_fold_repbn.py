@@ -119,3 +119,20 @@ def test_slab_models_lose_every_batchnorm(tmp_path) -> None:
     after = bundle.manifest.stats["after"]["ops"]
     assert "BatchNormalization" not in after
     assert after.get("Mul", 0) <= 1  # every RepBN folded into its Linear but the final norm's
+
+
+def test_shift_before_matmul_gets_a_bias() -> None:
+    g = Graph((2, 5))
+    y = g.op("Add", g.op("Relu", "x"), g.const(np.linspace(-1, 1, 5, dtype=np.float32)))
+    before = g.model(g.op("Sigmoid", g.op("MatMul", y, g.w(5, 3))))
+    after, fired = apply(FoldChannelAffine(), before)
+    assert fired == 1 and ops(after) == ["Relu", "MatMul", "Add", "Sigmoid"]
+    check(before, after)
+
+
+def test_shift_before_matmul_output_is_left_alone() -> None:
+    """A new bias Add would take the graph output's place (and its name)."""
+    g = Graph((2, 5))
+    y = g.op("Add", g.op("Relu", "x"), g.const(np.linspace(-1, 1, 5, dtype=np.float32)))
+    after, fired = apply(FoldChannelAffine(), g.model(g.op("MatMul", y, g.w(5, 3))))
+    assert fired == 0 and ops(after) == ["Relu", "Add", "MatMul"]
