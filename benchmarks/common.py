@@ -8,14 +8,12 @@ from pathlib import Path
 import onnx_ir as ir
 import onnxruntime as ort
 
+from edgec.runtime.ort_backend import session_options
+
 
 def plain_session(model: ir.Model, threads: int = 1) -> ort.InferenceSession:
     """onnxruntime with all graph optimizations on the model as exported: the peer."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so = session_options({"graph_optimization_level": "all"}, threads)
     proto = ir.serde.serialize_model(model).SerializeToString()
     return ort.InferenceSession(proto, so, providers=["CPUExecutionProvider"])
 

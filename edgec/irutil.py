@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from edgec.errors import UnsupportedOpError
 from edgec.runtime.bundle import TensorSpec
+from edgec.runtime.ort_backend import session_options
 
 _PROTO_LIMIT = 1_800_000_000  # protobuf refuses to serialize 2 GiB; save external data past this
 _NOT_IMPLEMENTED = re.compile(r"implementation for (\S+?)\((\d+)\) node with name '([^']*)'")
@@ -70,14 +71,7 @@ def random_inputs(
 def ort_session(
     model: ir.Model | onnx.ModelProto | str | Path, optimize: bool = False, threads: int = 0
 ) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if optimize
-        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
+    so = session_options({"graph_optimization_level": "all" if optimize else "disable"}, threads)
     try:
         if isinstance(model, (str, Path)):
             return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])

@@ -113,12 +113,9 @@ def create(
 ) -> nn.Module:
     """Build a built-in model in eval mode: seeded random weights, or `weights` loaded."""
     info = get_info(name)
-    options = {**info.defaults, **overrides}
-    if num_classes is not None:
-        options["num_classes"] = num_classes
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = info.build(**options)
+        model = info.build(**_build_options(info, num_classes, overrides))
     if weights is not None:
         load_weights(model, weights)
         return model.eval()
@@ -138,13 +135,20 @@ def create(
     return model.eval()
 
 
-def _meta_model(name: str, num_classes: int | None) -> nn.Module:
-    info = get_info(name)
-    options = dict(info.defaults)
+def _build_options(
+    info: ModelInfo, num_classes: int | None, overrides: dict[str, object]
+) -> dict[str, object]:
+    """The builder's keyword arguments: the model's defaults, then overrides, then num_classes."""
+    options = {**info.defaults, **overrides}
     if num_classes is not None:
         options["num_classes"] = num_classes
+    return options
+
+
+def _meta_model(name: str, num_classes: int | None) -> nn.Module:
+    info = get_info(name)
     with torch.device("meta"):
-        return info.build(**options).eval()
+        return info.build(**_build_options(info, num_classes, {})).eval()
 
 
 def count_parameters(name: str, num_classes: int | None = None) -> int:

@@ -113,3 +113,65 @@ def bypass(node: ir.Node, replacement: ir.Value) -> bool:
 
 def as_f32(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def weight_bias(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(W, b) in float64 when input 1 (and input 2, if present) are constants; b None if absent."""
+    w = const(node.inputs[1]) if len(node.inputs) > 1 else None
+    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+    b = const(node.inputs[2]) if has_bias else None
+    if w is None or (has_bias and b is None):
+        return None
+    return w.astype(np.float64), None if b is None else b.astype(np.float64)
+
+
+def conv_params(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(W, b) of a Conv with explicit padding and constant weights, else None."""
+    if not is_op(node, "Conv") or node.attributes.get_string("auto_pad", "NOTSET") != "NOTSET":
+        return None
+    return weight_bias(node)
+
+
+def gemm_params(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None, float, float, bool] | None:
+    """(B as stored, C or None, alpha, beta, transB) of a Gemm with constant B and C."""
+    params = weight_bias(node) if is_op(node, "Gemm") else None
+    if params is None:
+        return None
+    a = node.attributes
+    return (
+        *params,
+        a.get_float("alpha", 1.0),
+        a.get_float("beta", 1.0),
+        bool(a.get_int("transB", 0)),
+    )
+
+
+def set_gemm(node: ir.Node, b: np.ndarray, c: np.ndarray) -> None:
+    """Give a Gemm new constants B and C, with the scales alpha and beta folded into them."""
+    set_const_input(node, 1, as_f32(b), "weight")
+    set_const_input(node, 2, as_f32(c), "bias")
+    node.attributes["alpha"] = ir.AttrFloat32("alpha", 1.0)
+    node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+
+
+def dense_params(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None, ir.Node] | None:
+    """(W (K, N), b or None, last node) of x W + b on the last axis: MatMul(+Add) or Gemm."""
+    gemm = gemm_params(node)
+    if gemm is not None:
+        w, c, alpha, beta, trans_b = gemm
+        if node.attributes.get_int("transA", 0) or (c is not None and c.ndim > 1):
+            return None
+        return alpha * (w.T if trans_b else w), None if c is None else beta * c, node
+    if is_op(node, "MatMul"):
+        w = const(node.inputs[1])
+        if w is None or w.ndim != 2:
+            return None
+        nxt = only_consumer(node.outputs[0])
+        if is_op(nxt, "Add") and nxt is not None:
+            other = nxt.inputs[1] if nxt.inputs[0] is node.outputs[0] else nxt.inputs[0]
+            c = const(other)
+            if c is not None and c.ndim <= 1 and c.size in (1, w.shape[1]):
+                bias = np.broadcast_to(c, (w.shape[1],)).astype(np.float64)
+                return w.astype(np.float64), bias, nxt
+        return w.astype(np.float64), None, node
+    return None

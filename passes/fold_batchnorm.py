@@ -27,10 +27,13 @@ from edgec.passes._ir import (
     as_f32,
     bypass,
     const,
+    gemm_params,
     is_op,
     live_nodes,
     only_consumer,
     set_const_input,
+    set_gemm,
+    weight_bias,
 )
 from edgec.passes.base import EdgecPass
 
@@ -60,39 +63,27 @@ def _fold_into_producer(bn: ir.Node, s: np.ndarray, t: np.ndarray) -> bool:
     op = x.producer()
     if op is None or only_consumer(x) is not bn:
         return False
-    if is_op(op, "Conv", "ConvTranspose"):
-        w = const(op.inputs[1])
-        b = const(op.inputs[2]) if len(op.inputs) > 2 else None
-        if w is None or (len(op.inputs) > 2 and op.inputs[2] is not None and b is None):
-            return False
-        w64 = w.astype(np.float64)
+    params = weight_bias(op) if is_op(op, "Conv", "ConvTranspose") else None
+    if params is not None:
+        w, b = params
         if op.op_type == "Conv":
-            w_new = w64 * s.reshape(-1, *([1] * (w.ndim - 1)))
+            w_new = w * s.reshape(-1, *([1] * (w.ndim - 1)))
         else:  # ConvTranspose weight: (Cin, Cout / groups, k...)
             g = op.attributes.get_int("group", 1)
             cin, cout_g = w.shape[0], w.shape[1]
-            grouped = w64.reshape(g, cin // g, cout_g, *w.shape[2:])
+            grouped = w.reshape(g, cin // g, cout_g, *w.shape[2:])
             w_new = (grouped * s.reshape(g, 1, cout_g, *([1] * (w.ndim - 2)))).reshape(w.shape)
-        b_new = (b.astype(np.float64) if b is not None else 0.0) * s + t
+        b_new = (b if b is not None else 0.0) * s + t
         set_const_input(op, 1, as_f32(w_new), "weight")
         set_const_input(op, 2, as_f32(b_new), "bias")
         return bypass(bn, x)
     if _rank(x) != 2:
         return False
-    if is_op(op, "Gemm"):  # transA does not matter: BN scales output columns
-        w = const(op.inputs[1])
-        c = const(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] is not None else None
-        if w is None or (len(op.inputs) > 2 and op.inputs[2] is not None and c is None):
-            return False
-        alpha = op.attributes.get_float("alpha", 1.0)
-        beta = op.attributes.get_float("beta", 1.0)
-        trans_b = op.attributes.get_int("transB", 0)
+    gemm = gemm_params(op)
+    if gemm is not None:  # transA does not matter: BN scales output columns
+        w, c, alpha, beta, trans_b = gemm
         cols = s[:, None] if trans_b else s[None, :]
-        set_const_input(op, 1, as_f32(alpha * w.astype(np.float64) * cols), "weight")
-        c64 = beta * c.astype(np.float64) if c is not None else 0.0
-        set_const_input(op, 2, as_f32(c64 * s + t), "bias")
-        op.attributes["alpha"] = ir.AttrFloat32("alpha", 1.0)
-        op.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+        set_gemm(op, alpha * w * cols, (beta * c if c is not None else 0.0) * s + t)
         return bypass(bn, x)
     if is_op(op, "Add"):  # MatMul(x, W) + c
         mm = op.inputs[0].producer() if op.inputs[0] is not None else None
@@ -114,11 +105,9 @@ def _fold_into_consumer(bn: ir.Node, s: np.ndarray, t: np.ndarray) -> bool:
     x = bn.inputs[0]
     if op is None or x is None or op.inputs[0] is not y:
         return False
-    if is_op(op, "Conv"):
-        w = const(op.inputs[1])
-        b = const(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] is not None else None
-        if w is None or (len(op.inputs) > 2 and op.inputs[2] is not None and b is None):
-            return False
+    params = weight_bias(op) if is_op(op, "Conv") else None
+    if params is not None:
+        w, b = params
         pads = op.attributes.get_ints("pads", [0])
         auto_pad = op.attributes.get_string("auto_pad", "NOTSET")
         if (any(pads) or auto_pad not in ("NOTSET", "VALID")) and np.any(t != 0):
@@ -128,29 +117,19 @@ def _fold_into_consumer(bn: ir.Node, s: np.ndarray, t: np.ndarray) -> bool:
         # input channel of W[o, i]: (o // (cout // g)) * cin_g + i
         idx = (np.arange(cout)[:, None] // (cout // g)) * cin_g + np.arange(cin_g)[None, :]
         shape = (cout, cin_g, *([1] * (w.ndim - 2)))
-        w64 = w.astype(np.float64)
-        w_new = w64 * s[idx].reshape(shape)
-        shift = (w64 * t[idx].reshape(shape)).sum(axis=tuple(range(1, w.ndim)))
-        b_new = (b.astype(np.float64) if b is not None else 0.0) + shift
+        w_new = w * s[idx].reshape(shape)
+        shift = (w * t[idx].reshape(shape)).sum(axis=tuple(range(1, w.ndim)))
+        b_new = (b if b is not None else 0.0) + shift
         set_const_input(op, 1, as_f32(w_new), "weight")
         set_const_input(op, 2, as_f32(b_new), "bias")
         return bypass(bn, x)
-    if is_op(op, "Gemm") and _rank(x) == 2 and not op.attributes.get_int("transA", 0):
-        w = const(op.inputs[1])
-        c = const(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] is not None else None
-        if w is None or (len(op.inputs) > 2 and op.inputs[2] is not None and c is None):
-            return False
-        alpha = op.attributes.get_float("alpha", 1.0)
-        beta = op.attributes.get_float("beta", 1.0)
-        wk = w.astype(np.float64).T if op.attributes.get_int("transB", 0) else w.astype(np.float64)
+    gemm = gemm_params(op)
+    if gemm is not None and _rank(x) == 2 and not op.attributes.get_int("transA", 0):
+        w, c, alpha, beta, trans_b = gemm
+        wk = w.T if trans_b else w  # (K, N)
         w_new = alpha * s[:, None] * wk
-        c_new = alpha * (t @ wk) + (beta * c.astype(np.float64) if c is not None else 0.0)
-        if op.attributes.get_int("transB", 0):
-            w_new = w_new.T
-        set_const_input(op, 1, as_f32(w_new), "weight")
-        set_const_input(op, 2, as_f32(c_new), "bias")
-        op.attributes["alpha"] = ir.AttrFloat32("alpha", 1.0)
-        op.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+        c_new = alpha * (t @ wk) + (beta * c if c is not None else 0.0)
+        set_gemm(op, w_new.T if trans_b else w_new, c_new)
         return bypass(bn, x)
     return False
 

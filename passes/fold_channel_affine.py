@@ -27,6 +27,8 @@ from edgec.passes._ir import (
     as_f32,
     bypass,
     const,
+    conv_params,
+    dense_params,
     initializer,
     is_op,
     live_nodes,
@@ -34,7 +36,6 @@ from edgec.passes._ir import (
     set_const_input,
 )
 from edgec.passes.base import EdgecPass
-from edgec.passes.merge_serial_linear import conv_params, dense_params
 
 
 def channel_vector(c: np.ndarray, rank: int) -> tuple[int | None, np.ndarray] | None:

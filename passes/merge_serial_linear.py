@@ -29,7 +29,8 @@ import onnx_ir as ir
 from edgec.passes._ir import (
     as_f32,
     bypass,
-    const,
+    conv_params,
+    dense_params,
     drop_if_orphaned,
     initializer,
     is_op,
@@ -38,18 +39,6 @@ from edgec.passes._ir import (
     set_const_input,
 )
 from edgec.passes.base import EdgecPass
-
-
-def conv_params(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """(W, b) of a Conv with constant weights (b None when absent), else None."""
-    if not is_op(node, "Conv") or node.attributes.get_string("auto_pad", "NOTSET") != "NOTSET":
-        return None
-    w = const(node.inputs[1])
-    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
-    b = const(node.inputs[2]) if has_bias else None
-    if w is None or (has_bias and b is None):
-        return None
-    return w.astype(np.float64), None if b is None else b.astype(np.float64)
 
 
 def is_pointwise(node: ir.Node, w: np.ndarray) -> bool:
@@ -102,37 +91,6 @@ def _merge_convs(first: ir.Node, second: ir.Node) -> bool:
             drop_if_orphaned(value)
         return True
     return False
-
-
-def dense_params(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None, ir.Node] | None:
-    """(W (K, N), b or None, last node) of x W + b on the last axis: MatMul(+Add) or Gemm."""
-    if is_op(node, "Gemm"):
-        a = node.attributes
-        if a.get_int("transA", 0):
-            return None
-        w, has_c = const(node.inputs[1]), len(node.inputs) > 2 and node.inputs[2] is not None
-        c = const(node.inputs[2]) if has_c else None
-        if w is None or (has_c and (c is None or c.ndim > 1)):
-            return None
-        w = w.astype(np.float64).T if a.get_int("transB", 0) else w.astype(np.float64)
-        b = None if c is None else a.get_float("beta", 1.0) * c.astype(np.float64)
-        return a.get_float("alpha", 1.0) * w, b, node
-    if is_op(node, "MatMul"):
-        w = const(node.inputs[1])
-        if w is None or w.ndim != 2:
-            return None
-        nxt = only_consumer(node.outputs[0])
-        if is_op(nxt, "Add") and nxt is not None:
-            other = nxt.inputs[1] if nxt.inputs[0] is node.outputs[0] else nxt.inputs[0]
-            c = const(other)
-            if c is not None and c.ndim <= 1 and c.size in (1, w.shape[1]):
-                return (
-                    w.astype(np.float64),
-                    np.broadcast_to(c, (w.shape[1],)).astype(np.float64),
-                    nxt,
-                )
-        return w.astype(np.float64), None, node
-    return None
 
 
 def _merge_dense(first: ir.Node) -> bool:
