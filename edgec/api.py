@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgec.errors import VerificationError
+from edgec.errors import UnsupportedOpError, VerificationError
 from edgec.runtime.bundle import (
     Bundle,
     Manifest,
@@ -53,6 +55,9 @@ def default_output(source: Any, target: str) -> Path:
     return Path("out") / f"{Path(text).stem}-{target}"
 
 
+AUTO_BACKENDS = ("cpu", "x86_64")  # the targets `--backend auto` measures against each other
+
+
 def compile(
     source: Any,
     target: str = "cpu",
@@ -66,27 +71,35 @@ def compile(
     seed: int = 0,
     threads: int = 0,
     model_options: dict[str, Any] | None = None,
+    backend: str = "auto",
+    mcpu: str | None = None,
+    tune: int = 0,
+    tune_time: float | None = None,
+    device: str | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> Bundle:
     """Compile `source` for `target` into a bundle folder; returns the bundle.
 
     verify: run onnxruntime before and after every pass, stopping at the first pass whose
       relative error exceeds `tolerance`. The finished bundle is always checked against the
-      independent reference (torch eager, or onnxruntime on the unmodified model).
+      independent reference (torch eager, or onnxruntime on the unmodified model); a bundle
+      for another architecture is checked on `device` (HOST:PORT) when one is given.
+    backend: for `cpu` and `x86_64`, "auto" builds both onnxruntime and TVM, checks both
+      and keeps the faster one on this host; "onnxruntime" or "tvm" builds just that one.
+    mcpu, tune, tune_time: the TVM targets' CPU, and MetaSchedule's trial and time budgets.
     """
     from edgec import frontend
     from edgec.graph_stats import graph_stats
-    from edgec.irutil import input_specs, output_specs
     from edgec.passes import PassManager, get_pipeline
     from edgec.passes.cleanup import InferShapes
-    from edgec.targets import CompileOptions, get_target
+    from edgec.targets import CompileOptions
 
     def step(message: str) -> None:
         log.info(message)
         if on_step is not None:
             on_step(message)
 
-    tgt = get_target(target)
+    candidates = _candidates(target, backend)
     out = Path(output) if output is not None else default_output(source, target)
     timings: dict[str, float] = {}
 
@@ -105,9 +118,10 @@ def compile(
     InferShapes()(prepared.model)
     stats_before = graph_stats(prepared.model)
 
-    step(f"running the '{tgt.pipeline}' pipeline" + (" (verified)" if verify else ""))
+    pipeline = candidates[0].pipeline
+    step(f"running the '{pipeline}' pipeline" + (" (verified)" if verify else ""))
     t0 = time.perf_counter()
-    manager = PassManager(get_pipeline(tgt.pipeline), verify, tolerance, prepared.inputs)
+    manager = PassManager(get_pipeline(pipeline), verify, tolerance, prepared.inputs)
     reports = manager.run(prepared.model)
     timings["passes_s"] = time.perf_counter() - t0
     stats_after = graph_stats(prepared.model)
@@ -121,52 +135,220 @@ def compile(
             r.nodes_after,
         )
 
+    options = CompileOptions(
+        threads=threads,
+        extra={"mcpu": mcpu, "tune": tune, "tune_time": tune_time, "on_progress": on_step},
+    )
     with staged_bundle(out) as stage:
-        step(f"emitting {tgt.backend} artifacts")
-        t0 = time.perf_counter()
-        artifacts = tgt.compile(prepared.model, CompileOptions(threads=threads), stage)
-        timings["target_s"] = time.perf_counter() - t0
+        built: list[_Built] = []
+        failures: dict[str, str] = {}
+        for tgt in candidates:
+            folder = stage if len(candidates) == 1 else stage / f".candidate-{tgt.backend}"
+            folder.mkdir(exist_ok=True)
+            step(f"emitting {tgt.backend} artifacts")
+            try:
+                built.append(
+                    _build(tgt, prepared, options, folder, tolerance, threads, device, timings)
+                )
+            except (BundleCheckError, UnsupportedOpError) as e:
+                if len(candidates) == 1:
+                    raise
+                failures[tgt.backend] = str(e)
+                log.warning("back end %s left out: %s", tgt.backend, e)
+        if not built:
+            raise BundleCheckError(
+                "no back end produced a bundle within tolerance: "
+                + "; ".join(f"{k}: {v}" for k, v in failures.items())
+            )
+        chosen = built[0]
+        selection: dict[str, Any] = {}
+        if len(candidates) > 1:
+            step("timing the back ends on this host")
+            chosen, selection = _pick_fastest(built, prepared.inputs, threads, failures)
+            for name in chosen.manifest.artifacts.values():
+                os.replace(chosen.folder / name, stage / name)
+            for b in built:
+                shutil.rmtree(b.folder, ignore_errors=True)
+        manifest = chosen.manifest
+        manifest.target = target
         save_reference(stage, prepared.inputs, prepared.outputs)
-        manifest = Manifest(
-            target=tgt.name,
-            backend=tgt.backend,
-            artifacts=artifacts.files,
-            inputs=input_specs(prepared.model),
-            outputs=output_specs(prepared.model),
-            backend_options=artifacts.backend_options,
-            source=prepared.source,
-            passes=[r.to_json() for r in reports],
-        )
-        step("checking the bundle against the reference")
-        error, note = _check_bundle(
-            Bundle(stage, manifest), prepared.outputs, tolerance, threads, artifacts.fallbacks
-        )
         manifest.reference = {
             "file": "reference.npz",
             "against": prepared.source.get("reference", ""),
             "tolerance": tolerance,
-            "max_rel_error": error,
+            "max_rel_error": chosen.error,
         }
-        if note:
-            manifest.reference["note"] = note
+        if chosen.note:
+            manifest.reference["note"] = chosen.note
+        manifest.source = prepared.source
+        manifest.passes = [r.to_json() for r in reports]
         manifest.stats = {"before": vars(stats_before), "after": vars(stats_after)}
         manifest.compile = timings
+        manifest.selection = selection
         finalize_manifest(stage, manifest)
-    log.info("wrote %s (max relative error %.2e)", out, error)
+    if chosen.error is None:
+        log.info("wrote %s (not run here: %s)", out, chosen.note)
+    else:
+        log.info("wrote %s (max relative error %.2e)", out, chosen.error)
     return Bundle.open(out)
 
 
+def _candidates(target: str, backend: str) -> list[Any]:
+    """The targets a compile builds: one, or the measure-and-pick set for `--backend auto`."""
+    from edgec.errors import TargetError
+    from edgec.runtime.tvm_backend import host_triple
+    from edgec.targets import get_target
+
+    tgt = get_target(target)
+    if target in AUTO_BACKENDS:
+        peers = [get_target(t) for t in AUTO_BACKENDS]
+        if host_triple() != "x86_64-linux-gnu":  # the x86_64 TVM library cannot run here
+            peers = [t for t in peers if t.name != "x86_64"]
+        if backend == "auto":
+            return peers
+        match = [t for t in peers if t.backend == backend]
+        if match:
+            return match
+        raise TargetError(
+            f"target '{target}' has no back end '{backend}'; choose from auto, "
+            + ", ".join(t.backend for t in peers)
+        )
+    if backend not in ("auto", tgt.backend):
+        raise TargetError(f"target '{target}' has only the back end '{tgt.backend}'")
+    return [tgt]
+
+
+@dataclass
+class _Built:
+    """One back end's artifacts in `folder`, checked against the reference."""
+
+    folder: Path
+    manifest: Manifest
+    error: float | None
+    note: str
+
+
+def _build(
+    tgt: Any,
+    prepared: Any,
+    options: Any,
+    folder: Path,
+    tolerance: float,
+    threads: int,
+    device: str | None,
+    timings: dict[str, float],
+) -> _Built:
+    from edgec.irutil import input_specs, output_specs
+    from edgec.runtime.tvm_backend import host_triple
+
+    t0 = time.perf_counter()
+    artifacts = tgt.compile(prepared.model, options, folder)
+    timings[f"target_{tgt.name}_s"] = time.perf_counter() - t0
+    manifest = Manifest(
+        target=tgt.name,
+        backend=tgt.backend,
+        artifacts=artifacts.files,
+        inputs=input_specs(prepared.model),
+        outputs=output_specs(prepared.model),
+        backend_options=artifacts.backend_options,
+    )
+    triple = artifacts.backend_options.get("triple")
+    bundle = Bundle(folder, manifest)
+    if device is not None:
+        from edgec.runtime.remote import connect
+
+        log.info("checking the %s bundle on the device %s", tgt.name, device)
+        with connect(device) as remote:
+            report = remote.verify(bundle, prepared.inputs, prepared.outputs, tolerance)
+        if not report.ok:
+            worst = max(report.errors, key=lambda k: report.errors[k])
+            raise BundleCheckError(
+                f"the compiled bundle's output '{worst}' differs from the reference on device "
+                f"{device}: max relative error {report.max_error:.2e} > tolerance {tolerance:.0e}"
+            )
+        return _Built(folder, manifest, report.max_error, f"checked on device {device}")
+    if triple is not None and triple != host_triple():
+        note = (
+            f"a {triple} library cannot run on this {host_triple()} host: "
+            "check it with `edgec verify BUNDLE --device HOST:PORT`"
+        )
+        log.warning("not checked against the reference here: %s", note)
+        return _Built(folder, manifest, None, note)
+    error, note = _check_bundle(
+        bundle, prepared.inputs, prepared.outputs, tolerance, threads, artifacts.fallbacks
+    )
+    return _Built(folder, manifest, error, note)
+
+
+def _pick_fastest(
+    built: list[_Built],
+    inputs: dict[str, np.ndarray],
+    threads: int,
+    failures: dict[str, str],
+    budget_s: float = 10.0,
+) -> tuple[_Built, dict[str, Any]]:
+    """Time every checked candidate on the reference input, interleaved, and keep the fastest.
+
+    Rounds alternate between back ends so that noise hits both alike; timing stops after
+    `budget_s` once every candidate has 3 runs, or early when one is 3x slower than another.
+    """
+    sessions = [Session(Bundle(b.folder, b.manifest), threads) for b in built]
+    for s in sessions:  # warm-up: first-run allocation and JIT-like setup
+        s.run(inputs)
+    times: list[list[float]] = [[] for _ in built]
+    start = time.perf_counter()
+    for rounds in range(1, 26):
+        for s, t in zip(sessions, times, strict=True):
+            t0 = time.perf_counter()
+            s.run(inputs)
+            t.append(time.perf_counter() - t0)
+        medians = [float(np.median(t)) for t in times]
+        if rounds >= 3 and (
+            time.perf_counter() - start > budget_s or max(medians) > 3 * min(medians)
+        ):
+            break
+    medians = [float(np.median(t)) for t in times]
+    best = int(np.argmin(medians))
+    selection: dict[str, Any] = {
+        "rule": "fastest on this host among the back ends within tolerance",
+        "chosen": built[best].manifest.backend,
+        "threads": threads,
+        "candidates": {
+            b.manifest.backend: {
+                "p50_ms": round(m * 1e3, 3),
+                "runs": len(t),
+                "max_rel_error": b.error,
+                **(
+                    {"tuning": b.manifest.backend_options["tuning"]}
+                    if "tuning" in b.manifest.backend_options
+                    else {}
+                ),
+            }
+            for b, m, t in zip(built, medians, times, strict=True)
+        },
+    }
+    for name, why in failures.items():
+        selection["candidates"][name] = {"failed": why}
+    log.info(
+        "measure-and-pick: %s",
+        ", ".join(
+            f"{b.manifest.backend} {m * 1e3:.2f} ms" for b, m in zip(built, medians, strict=True)
+        ),
+    )
+    return built[best], selection
+
+
 def _bundle_errors(
-    bundle: Bundle, expected: dict[str, np.ndarray], threads: int
+    bundle: Bundle, inputs: dict[str, np.ndarray], expected: dict[str, np.ndarray], threads: int
 ) -> dict[str, float]:
     session = Session(bundle, threads)  # a Session checks no checksums: none exist yet
-    ref_in, _ = session.reference()
-    got = session.run(ref_in)
+    got = session.run(inputs)
     return {k: rel_error(got[k], v) for k, v in expected.items()}
 
 
 def _check_bundle(
     bundle: Bundle,
+    inputs: dict[str, np.ndarray],
     expected: dict[str, np.ndarray],
     tolerance: float,
     threads: int,
@@ -180,13 +362,13 @@ def _check_bundle(
     """
     m = bundle.manifest
     preferred = dict(m.backend_options)
-    first = _bundle_errors(bundle, expected, threads)
+    first = _bundle_errors(bundle, inputs, expected, threads)
     first_max = max(first.values(), default=0.0)
     if first_max <= tolerance:
         return first_max, ""
     for options in fallbacks:
         m.backend_options = dict(options)
-        error = max(_bundle_errors(bundle, expected, threads).values(), default=0.0)
+        error = max(_bundle_errors(bundle, inputs, expected, threads).values(), default=0.0)
         if error <= tolerance:
             note = (
                 f"with {preferred} the bundle differed from the reference by {first_max:.2e}; "

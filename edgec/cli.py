@@ -118,6 +118,37 @@ def cli(ctx: click.Context, verbose: int) -> None:
     is_flag=True,
     help="Print every pass: rewrites, nodes, parameters, MACs, error (implies --verify).",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "onnxruntime", "tvm"]),
+    default="auto",
+    show_default=True,
+    help="For cpu and x86_64: auto builds onnxruntime and TVM, checks both and keeps the "
+    "faster on this host.",
+)
+@click.option("--mcpu", help="TVM targets: the CPU (x86_64: the host's; arm64: cortex-a55 ...).")
+@click.option(
+    "--tune",
+    type=int,
+    default=0,
+    metavar="TRIALS",
+    help="TVM: MetaSchedule trials in all, split over the kernels the tuning database lacks.",
+)
+@click.option(
+    "--tune-time", type=float, metavar="SECONDS", help="TVM: stop tuning after this long."
+)
+@click.option(
+    "--threads",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Threads the bundle is built, tuned and measured for (0: all cores).",
+)
+@click.option(
+    "--device",
+    metavar="HOST:PORT",
+    help="Check the bundle on this device (`edgec device serve` or `emulate`) instead of here.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile(
     source: str,
@@ -130,6 +161,12 @@ def compile(
     seed: int,
     weights: Path | None,
     report: bool,
+    backend: str,
+    mcpu: str | None,
+    tune: int,
+    tune_time: float | None,
+    threads: int,
+    device: str | None,
     as_json: bool,
 ) -> None:
     """Compile SOURCE for a target into a bundle folder.
@@ -155,6 +192,12 @@ def compile(
             tolerance=tolerance,
             seed=seed,
             model_options={"weights": weights} if weights is not None else None,
+            backend=backend,
+            mcpu=mcpu,
+            tune=tune,
+            tune_time=tune_time,
+            threads=threads,
+            device=device,
             on_step=lambda s: status.update(s),
         )
     seconds = time.perf_counter() - start
@@ -174,12 +217,64 @@ def compile(
         f"parameters {_fmt_count(before['parameters'])} -> {_fmt_count(after['parameters'])}, "
         f"MACs {_fmt_count(before['macs'])} -> {_fmt_count(after['macs'])}"
     )
-    out.print(
-        f"  max relative error {m.reference['max_rel_error']:.2e} against "
-        f"{m.reference['against']} (tolerance {m.reference['tolerance']:.0e})"
+    if m.reference["max_rel_error"] is None:
+        out.print(f"  [yellow]not checked against the reference here[/]: {m.reference['note']}")
+    else:
+        out.print(
+            f"  max relative error {m.reference['max_rel_error']:.2e} against "
+            f"{m.reference['against']} (tolerance {m.reference['tolerance']:.0e})"
+        )
+        if m.reference.get("note"):
+            out.print(f"  note: {m.reference['note']}")
+    tuning = m.backend_options.get("tuning")
+    if tuning:
+        out.print("  " + _describe_tuning(tuning))
+    if m.selection:
+        _print_selection(m.selection, detailed=report)
+
+
+def _describe_tuning(t: dict[str, Any]) -> str:
+    if not t["tasks"]:
+        return "TVM: no kernels to tune"
+    text = (
+        f"TVM tuning: {t['tasks'] - len(t['tasks_untuned'])}/{t['tasks']} kernels scheduled "
+        f"from the database ({t['tasks_from_database']} already there"
     )
-    if m.reference.get("note"):
-        out.print(f"  note: {m.reference['note']}")
+    if t["trials_run"]:
+        text += f"; {t['trials_ok']}/{t['trials_run']} trials measured in {t['seconds']:.0f} s"
+    text += ")"
+    if "records_measured_on" in t:
+        text += f"; records measured on {t['records_measured_on']}"
+    return text
+
+
+def _print_selection(sel: dict[str, Any], detailed: bool) -> None:
+    parts = []
+    for name, c in sel["candidates"].items():
+        if "failed" in c:
+            parts.append(f"{name} failed ({c['failed']})")
+        else:
+            parts.append(f"{name} {c['p50_ms']:.2f} ms (error {c['max_rel_error']:.1e})")
+    out.print(f"  back end [bold]{sel['chosen']}[/] chosen by measurement: " + ", ".join(parts))
+    if detailed:
+        table = Table(title=f"measure-and-pick ({sel['rule']})")
+        for col in ("back end", "p50 ms", "runs", "max rel err", "tuned kernels"):
+            table.add_column(col, justify="left" if col == "back end" else "right")
+        for name, c in sel["candidates"].items():
+            if "failed" in c:
+                table.add_row(name, "-", "-", "-", "failed")
+                continue
+            t = c.get("tuning")
+            tuned = f"{t['tasks'] - len(t['tasks_untuned'])}/{t['tasks']}" if t else "-"
+            chosen = " (chosen)" if name == sel["chosen"] else ""
+            table.add_row(
+                name + chosen,
+                f"{c['p50_ms']:.2f}",
+                str(c["runs"]),
+                f"{c['max_rel_error']:.1e}",
+                tuned,
+            )
+        out.print(table)
 
 
 def _print_pass_report(passes: list[dict[str, Any]]) -> None:
@@ -206,16 +301,27 @@ def _print_pass_report(passes: list[dict[str, Any]]) -> None:
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--tolerance", type=float, help="Override the bundle's tolerance.")
+@click.option(
+    "--device", metavar="HOST:PORT", help="Run it on this device (`edgec device serve`/`emulate`)."
+)
 @click.option("--json", "as_json", is_flag=True)
-def verify(bundle: Path, tolerance: float | None, as_json: bool) -> None:
+def verify(bundle: Path, tolerance: float | None, device: str | None, as_json: bool) -> None:
     """Check a bundle's checksums and run its reference input against the stored output."""
     from edgec.errors import VerificationError
-    from edgec.runtime import load
+    from edgec.runtime import Bundle, load
 
-    session = load(bundle)
-    report = session.verify(tolerance)
+    where = ""
+    if device is not None:
+        from edgec.runtime.remote import connect
+
+        opened = Bundle.open(bundle)
+        with connect(device) as remote:
+            report = remote.verify(opened, tolerance=tolerance)
+            where = f" on the {remote.info.describe()}"
+    else:
+        report = load(bundle).verify(tolerance)
     if as_json:
-        _json({"bundle": str(bundle), **report.to_json()})
+        _json({"bundle": str(bundle), "device": device or "host", **report.to_json()})
     else:
         for name, e in report.errors.items():
             out.print(f"  {name}: max relative error {e:.2e}")
@@ -227,7 +333,7 @@ def verify(bundle: Path, tolerance: float | None, as_json: bool) -> None:
         )
     if not as_json:
         out.print(
-            f"[bold green]verified[/] {bundle}: checksums match, max relative error "
+            f"[bold green]verified[/] {bundle}{where}: checksums match, max relative error "
             f"{report.max_error:.2e} <= {report.tolerance:.0e}"
         )
 
@@ -297,17 +403,38 @@ def run(bundle: Path, inputs: tuple[str, ...], output_dir: Path | None, threads:
 @click.option("--threads", type=int, default=1, show_default=True, help="0: the back end picks.")
 @click.option("--per-op", is_flag=True, help="Add the time per node (onnxruntime's profiler).")
 @click.option("--top", type=int, default=15, show_default=True, help="Rows of the per-op table.")
+@click.option(
+    "--device",
+    metavar="HOST:PORT",
+    help="Time it on this device; latency under emulation is labelled emulated.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def profile(
-    bundle: Path, runs: int, warmup: int, threads: int, per_op: bool, top: int, as_json: bool
+    bundle: Path,
+    runs: int,
+    warmup: int,
+    threads: int,
+    per_op: bool,
+    top: int,
+    device: str | None,
+    as_json: bool,
 ) -> None:
     """Measure a bundle's latency on its reference input: cold start, percentiles, memory."""
-    from edgec.runtime import load
+    from edgec.runtime import Bundle, load
     from edgec.runtime import profile as run_profile
 
-    session = load(bundle)
-    with err.status(f"profiling {runs} runs", spinner="dots"):
-        report = run_profile(session, runs=runs, warmup=warmup, threads=threads, per_op=per_op)
+    if device is not None:
+        from edgec.runtime.remote import connect
+
+        if per_op:
+            raise OptionError("--per-op needs the onnxruntime back end on this host")
+        opened = Bundle.open(bundle)
+        with connect(device) as remote, err.status(f"profiling {runs} runs on {device}"):
+            report = remote.profile(opened, runs=runs, warmup=warmup, threads=threads)
+    else:
+        session = load(bundle)
+        with err.status(f"profiling {runs} runs", spinner="dots"):
+            report = run_profile(session, runs=runs, warmup=warmup, threads=threads, per_op=per_op)
     if as_json:
         _json(report.to_json())
         return
@@ -335,6 +462,11 @@ def profile(
     )
     out.print(table)
     out.print(f"{runs} runs after {warmup} warm-up runs")
+    if report.emulated:
+        out.print(
+            "[bold yellow]emulated latency[/]: measured under emulation, it says nothing about "
+            "the speed of a real device (the numerics are real)"
+        )
     if report.per_op:
         ops = Table(title="time per node")
         for col in ("node", "op", "module", "ms", "share"):
@@ -486,6 +618,89 @@ def models(as_json: bool) -> None:
         )
         table.add_row(r["name"], r["family"], f"{r['parameters']:,}", _fmt_count(r["macs"]), shape)
     out.print(table)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--embed",
+    "embed",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Write a C++ project that runs the bundle without Python into this folder.",
+)
+@click.option("--build", is_flag=True, help="Also run its build.sh.")
+def package(bundle: Path, embed: Path, build: bool) -> None:
+    """Package a TVM bundle (x86_64 or arm64) for embedding in a C++ program.
+
+    The folder holds model.so, the TVM runtime libraries for the bundle's architecture, the
+    tvm-ffi headers, a header-only wrapper (edgec_runtime.hpp), an example host program that
+    runs the model on raw input files, the reference input and output, and build.sh.
+    """
+    from edgec.runtime import Bundle
+    from edgec.runtime.package import package_embed
+
+    folder = package_embed(Bundle.open(bundle), embed, build=build)
+    out.print(f"[bold green]packaged[/] {bundle} -> {folder}")
+    how = "mkdir -p out && ./run_bundle model.so io.txt inputs out" if build else "./build.sh"
+    out.print(f"  next: cd {folder} && {how}")
+
+
+@cli.group()
+def device() -> None:
+    """Devices that run and measure TVM bundles over RPC: a real board, or an emulated one.
+
+    \b
+      edgec device emulate arm64 --port 9190      # here, under qemu (prepared once, cached)
+      edgec device serve --host 0.0.0.0 --port 9190   # on the board
+      edgec verify out/vn5-arm64 --device 127.0.0.1:9190
+      edgec profile out/vn5-arm64 --device 127.0.0.1:9190
+    """
+
+
+@device.command()
+@click.argument("arch", type=click.Choice(["arm64"]))
+@click.option("--port", type=int, default=9190, show_default=True, help="0: a free port.")
+@click.option("--prepare-only", is_flag=True, help="Build the cached sysroot and exit.")
+def emulate(arch: str, port: int, prepare_only: bool) -> None:
+    """Serve an emulated ARCH device on 127.0.0.1 until interrupted (Ctrl-C or SIGTERM).
+
+    The first run prepares an aarch64 sysroot (Debian's python3.11 and the aarch64 wheels of
+    numpy, TVM and onnxruntime at this host's versions) under the cache folder; it needs the
+    Debian package qemu-user-static. Latency measured here is emulated latency.
+    """
+    import signal
+
+    from edgec.runtime import emulator
+
+    with err.status("preparing the emulated arm64 device", spinner="dots") as status:
+        sysroot = emulator.prepare(report=lambda s: status.update(s))
+    if prepare_only:
+        out.print(f"arm64 sysroot ready: {sysroot}")
+        return
+
+    def on_term(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        with emulator.emulate(port) as (host, bound):
+            out.print(f"edgec device: emulated {arch} serving on {host}:{bound} (Ctrl-C stops)")
+            sys.stdout.flush()
+            while True:
+                signal.pause()
+    except KeyboardInterrupt:
+        out.print("edgec device: stopped")
+
+
+@device.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=int, default=9190, show_default=True)
+def serve(host: str, port: int) -> None:
+    """Run the device server here (on the board): TVM RPC plus edgec's device functions."""
+    from edgec.runtime.device_server import serve as run_server
+
+    run_server(host, port)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -45,3 +45,7 @@ class VerificationError(EdgecError):
 
 class OptionError(EdgecError):
     """A malformed option value (an input shape, a dynamic axis, a tolerance)."""
+
+
+class DeviceError(EdgecError):
+    """A device cannot be prepared, reached or used; the message names what is missing."""

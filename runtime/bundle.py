@@ -80,6 +80,7 @@ class Manifest:
     reference: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     compile: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = BUNDLE_FORMAT_VERSION
     edgec_version: str = __version__

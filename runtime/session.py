@@ -36,7 +36,14 @@ def make_runner(bundle: Bundle, threads: int = 0, profile_prefix: str | None = N
             bundle.path / m.artifacts["model"], m.backend_options, threads, profile_prefix
         )
     if m.backend == "tvm":
-        from edgec.runtime.tvm_backend import TvmRunner
+        from edgec.runtime.tvm_backend import TvmRunner, host_triple
+
+        triple = m.backend_options.get("triple", "x86_64-linux-gnu")
+        if triple != host_triple():
+            raise BundleError(
+                f"bundle '{bundle.path}' holds a {triple} library, which cannot run on this "
+                f"{host_triple()} host: use --device HOST:PORT (`edgec device --help`)"
+            )
 
         return TvmRunner(bundle.path / m.artifacts["model"], [s.name for s in m.inputs], threads)
     raise BundleError(

@@ -5,12 +5,19 @@ Needs only TVM's runtime (`TVM_USE_RUNTIME_LIB=1` loads nothing else), not the c
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgec.errors import BundleError
+
+
+def host_triple() -> str:
+    """The triple this process runs on, as the TVM targets name it."""
+    machine = platform.machine()
+    return {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}.get(machine, machine)
 
 
 class TvmRunner:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from edgec.errors import TargetError
 from edgec.targets.base import Target
 from edgec.targets.onnxruntime import OnnxruntimeTarget
-from edgec.targets.tvm import TvmX86Target
+from edgec.targets.tvm import TvmArm64Target, TvmX86Target
 
-TARGETS: dict[str, Target] = {t.name: t for t in (OnnxruntimeTarget(), TvmX86Target())}
+TARGETS: dict[str, Target] = {
+    t.name: t for t in (OnnxruntimeTarget(), TvmX86Target(), TvmArm64Target())
+}
 
 
 def get_target(name: str) -> Target:

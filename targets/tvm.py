@@ -1,24 +1,47 @@
-"""Target `x86_64`: the IR after the cpu pipeline, imported into TVM Relax, built with LLVM for
-the host CPU and exported as `model.so` (the Relax VM executable).
+"""Targets `x86_64` and `arm64`: the IR after the cpu pipeline, imported into TVM Relax, built
+with LLVM and exported as `model.so` (the Relax VM executable), cross-compiled for arm64.
 
-Untuned: every kernel uses TVM's default schedules. Measured on these machines (shared
-BACKENDS.md), untuned TVM runs float32 models tens of times slower than onnxruntime; it is here
-for the back ends and devices onnxruntime does not serve, and MetaSchedule tuning is what makes
-it competitive. The manifest says `tuned: false`.
+Untuned, every kernel keeps TVM's default schedule; measured on these machines (shared
+BACKENDS.md) that runs float32 models tens of times slower than onnxruntime. `--tune TRIALS` /
+`--tune-time SECONDS` runs MetaSchedule (see `edgec.targets.tuning`) into a database that later
+compiles reuse. An arm64 compile cannot measure kernels on this host: without a device it
+applies the records tuned for the host where the workloads match, and the manifest says so.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import onnx_ir as ir
 
-from edgec.errors import UnsupportedOpError
+from edgec.errors import TargetError, UnsupportedOpError
+from edgec.runtime.tvm_backend import host_triple
 from edgec.targets.base import Artifacts, CompileOptions
 
+# -mattr per arm64 CPU: NEON everywhere; the dot-product (and fp16) extensions where the core
+# has them (Arm's technical reference manuals).
+ARM64_CPUS: dict[str, list[str]] = {
+    "generic": ["+neon"],
+    "cortex-a53": ["+neon"],
+    "cortex-a72": ["+neon"],
+    "cortex-a55": ["+neon", "+dotprod", "+fullfp16"],
+    "cortex-a76": ["+neon", "+dotprod", "+fullfp16"],
+    "cortex-a78": ["+neon", "+dotprod", "+fullfp16"],
+    "cortex-x1": ["+neon", "+dotprod", "+fullfp16"],
+    "neoverse-n1": ["+neon", "+dotprod", "+fullfp16"],
+    "neoverse-v1": ["+neon", "+dotprod", "+fullfp16", "+i8mm"],
+    "neoverse-n2": ["+neon", "+dotprod", "+fullfp16", "+i8mm"],
+    "apple-m1": ["+neon", "+dotprod", "+fullfp16"],
+}
 
-def host_target(mcpu: str | None = None, threads: int = 0) -> dict[str, object]:
+CROSS_CC = "aarch64-linux-gnu-gcc"
+CROSS_PACKAGE = "gcc-aarch64-linux-gnu"
+
+
+def host_target(mcpu: str | None = None, threads: int = 0) -> dict[str, Any]:
     """The TVM target dict for this machine (TVM rejects CLI-style strings)."""
     import tvm
 
@@ -30,31 +53,104 @@ def host_target(mcpu: str | None = None, threads: int = 0) -> dict[str, object]:
     }
 
 
-class TvmX86Target:
-    name = "x86_64"
+def arm64_target(mcpu: str | None = None, threads: int = 0) -> dict[str, Any]:
+    cpu = mcpu or "generic"
+    if cpu not in ARM64_CPUS:
+        raise TargetError(f"unknown arm64 --mcpu '{cpu}'; known: {', '.join(ARM64_CPUS)}")
+    return {
+        "kind": "llvm",
+        "mtriple": "aarch64-linux-gnu",
+        "mcpu": cpu,
+        "mattr": list(ARM64_CPUS[cpu]),
+        "num-cores": threads or 4,
+    }
+
+
+def import_onnx(model: ir.Model) -> Any:
+    """The IR as a Relax module (weights bound as constants)."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    proto = ir.serde.serialize_model(model)
+    try:
+        return from_onnx(proto, keep_params_in_input=False)
+    except Exception as e:  # the importer lists the ops it lacks in its message
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "not supported" in text or "NotImplemented" in type(e).__name__:
+            raise UnsupportedOpError(
+                f"TVM's ONNX importer cannot take this model: {text}"
+            ) from None
+        raise
+
+
+class TvmTarget:
+    """One TVM target: a target dict, a compiler for the shared library, a tuning policy."""
+
+    name = ""
     backend = "tvm"
     pipeline = "cpu"
-    description = "host x86_64 CPU through TVM Relax (LLVM, untuned), exported as model.so"
+    description = ""
+    triple = ""
+
+    def target_dict(self, options: CompileOptions) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def export_cc(self) -> str | None:
+        """The C compiler that links model.so (None: TVM's default, the host's)."""
+        return None
 
     def compile(self, model: ir.Model, options: CompileOptions, stage: Path) -> Artifacts:
         import tvm
         from tvm import relax
-        from tvm.relax.frontend.onnx import from_onnx
 
-        proto = ir.serde.serialize_model(model)
-        try:
-            mod = from_onnx(proto, keep_params_in_input=False)
-        except Exception as e:  # the importer lists the ops it lacks in its message
-            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if "not supported" in text or "NotImplemented" in type(e).__name__:
-                raise UnsupportedOpError(
-                    f"TVM's ONNX importer cannot take this model: {text}"
-                ) from None
-            raise
-        target = host_target(options.extra.get("mcpu"), options.threads)
+        from edgec.targets import tuning
+
+        target = self.target_dict(options)
+        cc = self.export_cc()
+        mod = import_onnx(model)
+        mod, tuned = tuning.schedule(mod, target, options, cross=self.triple != host_triple())
         executable = relax.build(mod, target=tvm.target.Target(target))
-        executable.export_library(str(stage / "model.so"))
+        path = stage / "model.so"
+        if cc is None:
+            executable.export_library(str(path))
+        else:
+            from tvm.support import cc as tvm_cc
+
+            executable.export_library(str(path), fcompile=tvm_cc.cross_compiler(cc))
         return Artifacts(
             {"model": "model.so"},
-            {"target": target, "tvm_version": tvm.__version__, "tuned": False},
+            {
+                "target": target,
+                "triple": self.triple,
+                "tvm_version": tvm.__version__,
+                "tuning": tuned,
+            },
         )
+
+
+class TvmX86Target(TvmTarget):
+    name = "x86_64"
+    triple = "x86_64-linux-gnu"
+    description = "x86_64 CPU through TVM Relax (LLVM; --mcpu, the host's by default), model.so"
+
+    def target_dict(self, options: CompileOptions) -> dict[str, Any]:
+        return host_target(options.extra.get("mcpu"), options.threads)
+
+
+class TvmArm64Target(TvmTarget):
+    name = "arm64"
+    triple = "aarch64-linux-gnu"
+    description = (
+        "aarch64 Linux through TVM Relax (LLVM, NEON; --mcpu cortex-a55 etc.), "
+        "cross-compiled model.so"
+    )
+
+    def target_dict(self, options: CompileOptions) -> dict[str, Any]:
+        return arm64_target(options.extra.get("mcpu"), options.threads)
+
+    def export_cc(self) -> str:
+        if shutil.which(CROSS_CC) is None:
+            raise TargetError(
+                f"the arm64 target needs the cross compiler '{CROSS_CC}' (Debian package "
+                f"{CROSS_PACKAGE}; `make install` installs it)"
+            )
+        return CROSS_CC

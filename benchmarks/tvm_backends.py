@@ -1,0 +1,130 @@
+"""onnxruntime against tuned TVM, and what measure-and-pick keeps, on one thread.
+
+For each model, in one process: onnxruntime with all graph optimizations on the plain
+training-form export (the peer), the edgec onnxruntime bundle, the edgec TVM bundle tuned
+with MetaSchedule (`--tune TRIALS --tune-time SECONDS`, its database under the edgec cache),
+and the bundle `--backend auto` chose. Timed in interleaved rounds, medians reported.
+
+    python benchmarks/tvm_backends.py [--models a,b] [--trials 300] [--tune-time 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from common import plain_session, write_results  # the script's own folder
+
+import edgec
+from edgec import frontend, models
+from edgec.runtime.session import make_runner
+
+SEED_MODELS = ["vanillanet_5", "tiny_vit_5m", "slab_deit_tiny"]
+
+
+def measure(name: str, trials: int, tune_time: float, rounds: int, runs: int) -> dict:
+    info = models.get_info(name)
+    prepared = frontend.prepare(models.create(name), input_shapes=dict(info.inputs))
+    feeds = prepared.inputs
+    peer = plain_session(prepared.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        ort_bundle = edgec.compile(name, output=Path(tmp) / "ort", backend="onnxruntime")
+        start = time.perf_counter()
+        tvm_bundle = edgec.compile(
+            name,
+            target="x86_64",
+            output=Path(tmp) / "tvm",
+            backend="tvm",
+            threads=1,
+            tune=trials,
+            tune_time=tune_time,
+        )
+        tvm_compile_s = time.perf_counter() - start
+        start = time.perf_counter()
+        auto_bundle = edgec.compile(name, output=Path(tmp) / "auto", threads=1)
+        auto_compile_s = time.perf_counter() - start
+        runners = {
+            "ort_plain": lambda: peer.run(None, feeds),
+            "edgec_ort": _runner(ort_bundle, feeds),
+            "edgec_tvm": _runner(tvm_bundle, feeds),
+        }
+        for fn in runners.values():
+            fn()
+            fn()
+        times: dict[str, list[float]] = {k: [] for k in runners}
+        for _ in range(rounds):
+            for key, fn in runners.items():
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[key].append((time.perf_counter() - t0) * 1e3)
+        tuning = tvm_bundle.manifest.backend_options["tuning"]
+        p50 = {k: statistics.median(v) for k, v in times.items()}
+        chosen = auto_bundle.manifest.backend
+        return {
+            "model": name,
+            "p50_ms": p50,
+            "auto_chose": chosen,
+            "auto_selection": auto_bundle.manifest.selection,
+            "auto_compile_s": round(auto_compile_s, 1),
+            "tvm_compile_s": round(tvm_compile_s, 1),
+            "tvm_error": tvm_bundle.manifest.reference["max_rel_error"],
+            "tuning": tuning,
+        }
+
+
+def _runner(bundle, feeds):
+    runner = make_runner(bundle, threads=1)
+    return lambda: runner.run(feeds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(SEED_MODELS))
+    parser.add_argument("--trials", type=int, default=300)
+    parser.add_argument("--tune-time", type=float, default=600.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    results, rows = [], []
+    for name in args.models.split(","):
+        r = measure(name, args.trials, args.tune_time, args.rounds, args.runs)
+        results.append(r)
+        p, t = r["p50_ms"], r["tuning"]
+        tuned = t["tasks"] - len(t["tasks_untuned"])
+        rows.append(
+            [
+                name,
+                f"{p['ort_plain']:.2f}",
+                f"{p['edgec_ort']:.2f}",
+                f"{p['edgec_tvm']:.2f}",
+                f"{p['edgec_tvm'] / p['edgec_ort']:.2f}x",
+                r["auto_chose"],
+                f"{t['trials_ok']}/{t['trials_run']}",
+                f"{tuned}/{t['tasks']}",
+                f"{t['seconds']:.0f}",
+                f"{r['tvm_error']:.1e}",
+            ]
+        )
+        print(rows[-1], flush=True)
+    header = [
+        "model",
+        "ORT plain p50 (ms)",
+        "edgec ORT p50 (ms)",
+        "edgec TVM tuned p50 (ms)",
+        "TVM / edgec ORT",
+        "auto chose",
+        "trials measured",
+        "kernels tuned",
+        "tuning (s)",
+        "TVM error vs reference",
+    ]
+    print(write_results(args.out, "tvm_backends", results, header, rows))
+
+
+if __name__ == "__main__":
+    main()

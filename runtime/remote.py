@@ -1,0 +1,195 @@
+"""Run, verify and profile a TVM bundle on a device over TVM RPC.
+
+    with connect("192.168.1.20:9190") as device:      # `edgec device serve` on the board
+        report = device.verify(bundle)
+        timing = device.profile(bundle, runs=50)
+
+The library is uploaded, loaded into a Relax VM on the device, fed the bundle's stored reference
+input and compared there against the stored output; timings come from the device's own timer
+(`time_evaluator`), so RPC round trips are not in them. A device that says it is emulated
+(`edgec device emulate`) has its latency labelled as emulated: it is not device latency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgec.errors import BundleError, DeviceError, OptionError
+from edgec.runtime.bundle import Bundle, load_reference
+from edgec.runtime.compare import rel_error
+from edgec.runtime.profile import ProfileReport, summarize
+from edgec.runtime.session import VerifyReport
+
+CONNECT_TIMEOUT_S = 15.0
+SESSION_TIMEOUT_S = 1800.0
+
+
+def parse_device(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise OptionError(f"--device must be HOST:PORT (got '{text}')")
+    return host, int(port)
+
+
+@dataclass
+class DeviceInfo:
+    address: str
+    machine: str
+    emulated: str  # how, or "" for real hardware
+    raw: dict[str, Any]
+
+    def describe(self) -> str:
+        how = f", emulated: {self.emulated}" if self.emulated else ""
+        return f"{self.machine} device at {self.address}{how}"
+
+
+class RemoteDevice:
+    """An open RPC session with a device running `edgec device serve` (or the emulator)."""
+
+    def __init__(self, address: str, session: Any) -> None:
+        self.address = address
+        self.session = session
+        raw = json.loads(session.get_function("edgec.device.info")())
+        self.info = DeviceInfo(address, raw["machine"], raw.get("emulated", ""), raw)
+
+    def _check_bundle(self, bundle: Bundle) -> None:
+        m = bundle.manifest
+        if m.backend != "tvm":
+            raise BundleError(
+                f"bundle '{bundle.path}' uses the {m.backend} back end; devices run TVM bundles "
+                "(compile with --target arm64 or x86_64)"
+            )
+        triple = m.backend_options.get("triple", "x86_64-linux-gnu")
+        if not triple.startswith(self.info.machine):
+            raise BundleError(
+                f"bundle '{bundle.path}' is built for {triple}; the device at {self.address} "
+                f"is {self.info.machine}"
+            )
+
+    def _load(self, bundle: Bundle, threads: int = 0) -> tuple[Any, Any]:
+        from tvm import relax
+
+        self._check_bundle(bundle)
+        if threads > 0:
+            self.session.get_function("runtime.config_threadpool")(1, threads)
+        name = bundle.manifest.artifacts["model"]
+        self.session.upload(str(bundle.path / name))
+        lib = self.session.load_module(name)
+        dev = self.session.cpu()
+        return relax.VirtualMachine(lib, dev), dev
+
+    def _args(self, bundle: Bundle, feeds: dict[str, np.ndarray], dev: Any) -> list[Any]:
+        import tvm
+
+        names = [s.name for s in bundle.manifest.inputs]
+        return [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), device=dev) for n in names]
+
+    @staticmethod
+    def _outputs(result: Any) -> list[np.ndarray]:
+        items = [result] if hasattr(result, "numpy") else list(result)
+        return [r.numpy() for r in items]
+
+    def run(self, bundle: Bundle, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        vm, dev = self._load(bundle)
+        outs = self._outputs(vm["main"](*self._args(bundle, feeds, dev)))
+        return {s.name: o for s, o in zip(bundle.manifest.outputs, outs, strict=True)}
+
+    def verify(
+        self,
+        bundle: Bundle,
+        inputs: dict[str, np.ndarray] | None = None,
+        expected: dict[str, np.ndarray] | None = None,
+        tolerance: float | None = None,
+    ) -> VerifyReport:
+        """Run the reference input on the device and compare with the reference output."""
+        if inputs is None or expected is None:
+            inputs, expected = load_reference(bundle.path)
+        got = self.run(bundle, inputs)
+        tol = tolerance if tolerance is not None else bundle.manifest.reference["tolerance"]
+        return VerifyReport({k: rel_error(got[k], v) for k, v in expected.items()}, float(tol))
+
+    def profile(
+        self, bundle: Bundle, runs: int = 100, warmup: int = 10, threads: int = 1
+    ) -> ProfileReport:
+        """The same report as a local run, timed by the device's clock."""
+        if runs < 1 or warmup < 0 or threads < 0:
+            raise OptionError(
+                f"runs must be >= 1, warmup and threads >= 0 (got {runs}, {warmup}, {threads})"
+            )
+        feeds, _ = load_reference(bundle.path)
+        start = time.perf_counter()
+        vm, dev = self._load(bundle, threads)
+        args = self._args(bundle, feeds, dev)
+        self._outputs(vm["main"](*args))
+        cold_ms = (time.perf_counter() - start) * 1e3  # upload + load + first run, over RPC
+        for _ in range(warmup):
+            vm["main"](*args)
+        timer = vm.time_evaluator("main", dev, number=1, repeat=runs)
+        times_ms = [float(t) * 1e3 for t in timer(*args).results]
+        stats = summarize(times_ms)
+        m = bundle.manifest
+        first = m.inputs[0].shape if m.inputs else ()
+        batch = first[0] if first and isinstance(first[0], int) else None
+        return ProfileReport(
+            backend=m.backend,
+            target=m.target,
+            threads=threads,
+            runs=runs,
+            warmup=warmup,
+            cold_start_ms=cold_ms,
+            throughput_per_s=1e3 / stats["mean_ms"] * (batch or 1),
+            batch_size=batch,
+            peak_rss_mb=float(self.session.get_function("edgec.device.peak_rss_mb")()),
+            device=self.info.describe(),
+            emulated=bool(self.info.emulated),
+            **stats,
+        )
+
+
+@contextlib.contextmanager
+def connect(device: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Iterator[RemoteDevice]:
+    """Open an RPC session; a dead or unreachable device is a DeviceError within `timeout_s`."""
+    host, port = parse_device(device)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise DeviceError(
+            f"device {device} is unreachable ({e.strerror or e}); start it with "
+            "`edgec device serve` or `edgec device emulate arm64`"
+        ) from None
+    result: dict[str, Any] = {}
+
+    def open_session() -> None:
+        try:
+            from tvm import rpc
+
+            session = rpc.connect(host, port, session_timeout=SESSION_TIMEOUT_S)
+            result["device"] = RemoteDevice(device, session)
+        except Exception as e:
+            result["error"] = e
+
+    worker = threading.Thread(target=open_session, daemon=True)
+    worker.start()
+    worker.join(timeout_s + 30.0)  # TVM's import and handshake, then the info call
+    if worker.is_alive():
+        raise DeviceError(f"device {device} accepted the connection but did not answer")
+    if "error" in result:
+        first = str(result["error"]).strip().splitlines()
+        raise DeviceError(
+            f"device {device} is not an edgec device server: {first[-1] if first else ''}"
+        )
+    remote: RemoteDevice = result["device"]
+    try:
+        yield remote
+    finally:
+        remote.session = None

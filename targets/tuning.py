@@ -1,0 +1,248 @@
+"""MetaSchedule tuning for the TVM targets, with a persistent database per target.
+
+The database lives in `<cache>/tuning/<target key>/` (`database_workload.json`,
+`database_tuning_record.json`), where the cache is $EDGEC_CACHE, else $XDG_CACHE_HOME/edgec,
+else ~/.cache/edgec, and the key names the triple, CPU, attributes and cores: records are
+matched by workload inside one target's folder. Every compile applies the records it finds;
+`--tune TRIALS` / `--tune-time SECONDS` tunes only the tasks (fused kernels) with no record yet,
+so a second compile of the same model tunes nothing and takes seconds.
+
+Measured on these machines (shared BACKENDS.md): MetaSchedule's default builder imports
+`tvm.s_tir.tensor_intrin` in every fresh worker (~25 s) and kills builds after 30 s, so every
+trial fails silently; edgec's builder skips that import and waits longer, and a tuning run
+that measured no candidate is an error, not an untuned bundle passed off as tuned. The budget
+is split so that every task gets trials (tasks x per-task cap <= total).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgec.cache import cache_dir
+from edgec.errors import EdgecError, OptionError
+from edgec.targets.base import CompileOptions
+
+log = logging.getLogger("edgec.tuning")
+
+DEFAULT_TRIALS_PER_TASK = 64  # the cap --tune-time uses when no trial count is given
+
+
+class TuningError(EdgecError):
+    """Tuning ran but measured nothing: a broken toolchain or runner, exit code 1."""
+
+    exit_code = 1
+
+
+def target_key(target: dict[str, Any]) -> str:
+    """triple-cpu-Nc-hash: a readable folder name that differs for every different target."""
+    digest = hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{target['mtriple']}-{target['mcpu']}-{target['num-cores']}c-{digest}"
+
+
+def database_dir(target: dict[str, Any]) -> Path:
+    return cache_dir() / "tuning" / target_key(target)
+
+
+def _build_without_tensor_intrin(mod: Any, target: Any, _params: Any) -> Any:
+    """MetaSchedule's default build minus the tensor-intrinsic import (~25 s per worker)."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+@dataclass
+class TuneStats:
+    """What a tuning run really did, counted from the measured results."""
+
+    trials: int = 0
+    ok: int = 0
+    build_errors: int = 0
+    run_errors: int = 0
+    first_error: str = ""
+    best_s: dict[str, float] = field(default_factory=dict)
+
+
+def _progress_callback(
+    stats: TuneStats,
+    names: list[str],
+    total: int,
+    deadline: float | None,
+    report: Callable[[str], None] | None,
+) -> Any:
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class Progress(PyMeasureCallback):
+        def apply(
+            self,
+            task_scheduler: Any,
+            task_id: int,
+            measure_candidates: Any,
+            builder_results: Any,
+            runner_results: Any,
+        ) -> None:
+            name = names[task_id]
+            for b, r in zip(builder_results, runner_results, strict=True):
+                stats.trials += 1
+                if b.error_msg is not None:
+                    stats.build_errors += 1
+                    stats.first_error = stats.first_error or str(b.error_msg)
+                elif r.error_msg is not None or not r.run_secs:
+                    stats.run_errors += 1
+                    stats.first_error = stats.first_error or str(r.error_msg)
+                else:
+                    stats.ok += 1
+                    secs = sum(float(s) for s in r.run_secs) / len(r.run_secs)
+                    stats.best_s[name] = min(stats.best_s.get(name, secs), secs)
+            if report is not None:
+                best = stats.best_s.get(name)
+                report(
+                    f"tuning: {stats.trials}/{total} trials, {len(stats.best_s)}/{len(names)} "
+                    f"tasks measured; {name}: best "
+                    + (f"{best * 1e3:.3f} ms" if best is not None else "-")
+                )
+            if deadline is not None and time.monotonic() > deadline:
+                for i, task in enumerate(task_scheduler.tasks_):
+                    if not task.is_terminated:
+                        task_scheduler.terminate_task(i)
+
+    return Progress()
+
+
+def _has_record(db: Any, mod: Any) -> bool:
+    return bool(db.has_workload(mod) and db.get_top_k(db.commit_workload(mod), 1))
+
+
+def _lower(mod: Any, target: dict[str, Any]) -> Any:
+    """The Relax-to-TIR lowering that tuning and applying records both start from."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import transform
+
+    with tvm.target.Target(target):
+        return tvm.transform.Sequential(
+            [
+                transform.DecomposeOpsForInference(),
+                transform.CanonicalizeBindings(),
+                relax.get_pipeline("zero"),
+            ]
+        )(mod)
+
+
+def schedule(
+    mod: Any, target: dict[str, Any], options: CompileOptions, cross: bool
+) -> tuple[Any, dict[str, Any]]:
+    """Lower `mod`, tune the tasks the database lacks (if asked), apply the database.
+
+    Returns the scheduled module and the manifest's `tuning` record. A cross target cannot
+    measure kernels here: it tunes (if asked) and reads the host's records, matched by workload.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgec.targets.tvm import host_target
+
+    trials = int(options.extra.get("tune") or 0)
+    seconds = options.extra.get("tune_time")
+    if trials < 0 or (seconds is not None and seconds <= 0):
+        raise OptionError("--tune and --tune-time must be positive")
+    report = options.extra.get("on_progress")
+    measure_target = host_target(None, options.threads) if cross else target
+    work_dir = database_dir(measure_target)
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    mod = _lower(mod, target)
+    tasks = ms.relax_integration.extract_tasks(mod, tvm.target.Target(measure_target))
+    db = ms.database.JSONDatabase(work_dir=str(work_dir))
+    missing = [t for t in tasks if not _has_record(db, t.dispatched[0])]
+    info: dict[str, Any] = {
+        "database": str(work_dir),
+        "tasks": len(tasks),
+        "tasks_from_database": len(tasks) - len(missing),
+        "trials_requested": trials,
+        "trials_run": 0,
+        "trials_ok": 0,
+        "seconds": 0.0,
+    }
+    if cross:
+        info["records_measured_on"] = (
+            f"this host ({measure_target['mtriple']}, {measure_target['mcpu']}); applied to "
+            f"{target['mtriple']} by workload, not measured on the device"
+        )
+    if (trials or seconds) and missing:
+        per_task = max(1, trials // len(missing)) if trials else DEFAULT_TRIALS_PER_TASK
+        total = per_task * len(missing)
+        if trials and trials < len(missing):
+            log.warning(
+                "--tune %d < %d tasks: giving every task 1 trial (%d in all)",
+                trials,
+                len(missing),
+                total,
+            )
+        if not log.isEnabledFor(logging.DEBUG):  # its console handler copies this level
+            logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+        stats = TuneStats()
+        names = [t.task_name for t in missing]
+        deadline = time.monotonic() + seconds if seconds else None
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            missing, str(work_dir), num_threads=max(1, os.cpu_count() or 1)
+        )
+        t0 = time.perf_counter()
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(work_dir),
+            max_trials_global=total,
+            max_trials_per_task=per_task,
+            num_trials_per_iter=min(64, per_task),
+            builder=ms.builder.LocalBuilder(
+                f_build=_build_without_tensor_intrin, timeout_sec=300.0
+            ),
+            runner=ms.runner.LocalRunner(timeout_sec=120.0),
+            database=db,
+            measure_callbacks=[
+                *ms.measure_callback.MeasureCallback.create("default"),
+                _progress_callback(stats, names, total, deadline, report),
+            ],
+        )
+        info.update(
+            trials_run=stats.trials,
+            trials_ok=stats.ok,
+            build_errors=stats.build_errors,
+            run_errors=stats.run_errors,
+            per_task_cap=per_task,
+            seconds=round(time.perf_counter() - t0, 2),
+        )
+        if stats.ok == 0:
+            first = stats.first_error.strip().splitlines()
+            raise TuningError(
+                f"tuning ran {stats.trials} trials and none was measured "
+                f"({stats.build_errors} build, {stats.run_errors} run errors): "
+                + (first[-1] if first else "no candidate was generated")
+            )
+        db = ms.database.JSONDatabase(work_dir=str(work_dir))
+        missing = [t for t in tasks if not _has_record(db, t.dispatched[0])]
+    info["tasks_untuned"] = [t.task_name for t in missing]
+    info["tuned"] = not missing and bool(tasks)
+    if missing and (trials or seconds):
+        log.warning(
+            "%d of %d tasks have no tuning record (budget ran out): %s",
+            len(missing),
+            len(tasks),
+            ", ".join(info["tasks_untuned"][:5]),
+        )
+    with tvm.target.Target(target), db:  # the open database, not a second one from disk
+        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    return mod, info
