@@ -5,9 +5,22 @@ PY := $(VENV)/bin/python
 EDGEC := $(VENV)/bin/edgec
 DEMO_MODEL ?= vanillanet_5
 
-.PHONY: install demo test lint clean
+# Debian packages for arm64: the cross compilers and qemu user mode (emulated device, C++ host)
+DEB_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+.PHONY: install debian demo test lint clean
+
+debian:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml constraints.txt | debian
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@

@@ -137,7 +137,13 @@ def compile(
 
     options = CompileOptions(
         threads=threads,
-        extra={"mcpu": mcpu, "tune": tune, "tune_time": tune_time, "on_progress": on_step},
+        extra={
+            "mcpu": mcpu,
+            "tune": tune,
+            "tune_time": tune_time,
+            "device": device,
+            "on_progress": on_step,
+        },
     )
     with staged_bundle(out) as stage:
         built: list[_Built] = []

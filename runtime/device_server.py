@@ -11,6 +11,7 @@ exist in every session:
   edgec.device.info        -> JSON: machine, system, emulation (from EDGEC_DEVICE_EMULATED),
                               versions
   edgec.device.peak_rss_mb -> the session process's peak resident memory
+and, where the runtime lacks it, the random fill MetaSchedule's RPC runner needs.
 SIGTERM or SIGINT ends the server and its sessions.
 """
 
@@ -46,6 +47,23 @@ def _register() -> None:
     @tvm_ffi.register_global_func("edgec.device.peak_rss_mb", override=True)
     def peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+    # MetaSchedule's RPC runner fills kernel arguments with this; TVM's runtime-only library
+    # (what a device loads) lacks the contrib random module that normally provides it.
+    if tvm_ffi.get_global_func("tvm.contrib.random.random_fill_for_measure", True) is None:
+
+        @tvm_ffi.register_global_func("tvm.contrib.random.random_fill_for_measure")
+        def random_fill(tensor: object) -> None:
+            import numpy as np
+
+            rng = np.random.default_rng(0)
+            dtype = np.dtype(str(tensor.dtype))  # type: ignore[attr-defined]
+            shape = tuple(int(d) for d in tensor.shape)  # type: ignore[attr-defined]
+            if dtype.kind == "f":
+                data = rng.uniform(-1.0, 1.0, shape).astype(dtype)
+            else:
+                data = rng.integers(0, 2, shape).astype(dtype)
+            tensor.copyfrom(data)  # type: ignore[attr-defined]
 
 
 def serve(host: str, port: int, executable: str | None = None) -> None:

@@ -180,7 +180,7 @@ def connect(device: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Iterator[Remot
 
     worker = threading.Thread(target=open_session, daemon=True)
     worker.start()
-    worker.join(timeout_s + 30.0)  # TVM's import and handshake, then the info call
+    worker.join(3 * timeout_s)  # TVM's import and the handshake, then the info call
     if worker.is_alive():
         raise DeviceError(f"device {device} accepted the connection but did not answer")
     if "error" in result:

@@ -7,6 +7,11 @@ matched by workload inside one target's folder. Every compile applies the record
 `--tune TRIALS` / `--tune-time SECONDS` tunes only the tasks (fused kernels) with no record yet,
 so a second compile of the same model tunes nothing and takes seconds.
 
+arm64 cannot be measured here. With `--device HOST:PORT` the candidates are cross-compiled and
+timed on that device over RPC (records under the arm64 key); without one, the records tuned
+for this host are applied where the workloads match, and the manifest says where they were
+measured. Timings under qemu emulation are labelled: they are no guide to a real device.
+
 Measured on these machines (shared BACKENDS.md): MetaSchedule's default builder imports
 `tvm.s_tir.tensor_intrin` in every fresh worker (~25 s) and kills builds after 30 s, so every
 trial fails silently; edgec's builder skips that import and waits longer, and a tuning run
@@ -32,7 +37,8 @@ from edgec.targets.base import CompileOptions
 
 log = logging.getLogger("edgec.tuning")
 
-DEFAULT_TRIALS_PER_TASK = 64  # the cap --tune-time uses when no trial count is given
+DEFAULT_TRIALS_PER_TASK = 64
+RECORDS = "database_tuning_record.json"  # the cap --tune-time uses when no trial count is given
 
 
 class TuningError(EdgecError):
@@ -58,6 +64,62 @@ def _build_without_tensor_intrin(mod: Any, target: Any, _params: Any) -> Any:
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     return tvm_build(mod, target=target)
+
+
+def _export_aarch64(mod: Any) -> str:
+    """A candidate as an aarch64 shared library, which the device can load without a compiler."""
+    import tempfile
+
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(), "tvm_tmp_mod.so")
+    mod.export_library(path, fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
+    return path
+
+
+def _direct_session(rpc_config: Any) -> Any:
+    """An RPC session straight to the device (edgec's device server needs no tracker)."""
+    from tvm import rpc
+
+    return rpc.connect(
+        rpc_config.tracker_host,
+        rpc_config.tracker_port,
+        session_timeout=rpc_config.session_timeout_sec,
+    )
+
+
+def _device_tools(device: str) -> tuple[Any, Any, str]:
+    """Builder, runner and a description for measuring candidates on an RPC device."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgec.runtime.remote import connect, parse_device
+
+    with connect(device) as remote:
+        where = remote.info.describe()
+        if remote.info.machine != "aarch64":
+            raise OptionError(f"--device {device} is {remote.info.machine}, not an arm64 device")
+    host, port = parse_device(device)
+    builder = ms.builder.LocalBuilder(
+        f_build=_build_without_tensor_intrin, f_export=_export_aarch64, timeout_sec=300.0
+    )
+    runner = ms.runner.RPCRunner(
+        rpc_config=ms.runner.RPCConfig(
+            tracker_host=host, tracker_port=port, tracker_key="direct", session_timeout_sec=300
+        ),
+        evaluator_config=ms.runner.EvaluatorConfig(
+            number=3, repeat=1, min_repeat_ms=0, enable_cpu_cache_flush=False
+        ),
+        f_create_session=_direct_session,
+        max_workers=1,  # the device server takes one session at a time
+    )
+    return builder, runner, where
+
+
+TIME_UP = "edgec: the --tune-time budget is spent"
+
+
+class TimeUp(Exception):
+    pass
 
 
 @dataclass
@@ -113,9 +175,10 @@ def _progress_callback(
                     + (f"{best * 1e3:.3f} ms" if best is not None else "-")
                 )
             if deadline is not None and time.monotonic() > deadline:
-                for i, task in enumerate(task_scheduler.tasks_):
-                    if not task.is_terminated:
-                        task_scheduler.terminate_task(i)
+                # MetaSchedule's scheduler has no stop: terminating its tasks from a callback
+                # trips its own checks. Raising ends the run; what was measured is already
+                # committed to the database (the default callbacks run before this one).
+                raise TimeUp(TIME_UP)
 
     return Progress()
 
@@ -159,7 +222,13 @@ def schedule(
     if trials < 0 or (seconds is not None and seconds <= 0):
         raise OptionError("--tune and --tune-time must be positive")
     report = options.extra.get("on_progress")
-    measure_target = host_target(None, options.threads) if cross else target
+    device = options.extra.get("device") if cross else None
+    on_device = device is not None and bool(trials or seconds)
+    # A cross target without a device to measure on reads its own records when an earlier
+    # compile tuned on a device, else it reads (and tunes) the host's, matched by workload.
+    measure_target = target
+    if cross and not on_device and not (database_dir(target) / RECORDS).is_file():
+        measure_target = host_target(None, options.threads)
     work_dir = database_dir(measure_target)
     work_dir.mkdir(parents=True, exist_ok=True)
 
@@ -176,10 +245,19 @@ def schedule(
         "trials_ok": 0,
         "seconds": 0.0,
     }
-    if cross:
+    if measure_target is not target:
         info["records_measured_on"] = (
             f"this host ({measure_target['mtriple']}, {measure_target['mcpu']}); applied to "
             f"{target['mtriple']} by workload, not measured on the device"
+        )
+    builder = ms.builder.LocalBuilder(f_build=_build_without_tensor_intrin, timeout_sec=300.0)
+    runner: Any = ms.runner.LocalRunner(timeout_sec=120.0)
+    if on_device and missing:
+        builder, runner, where = _device_tools(device)
+        info["records_measured_on"] = where + (
+            " (emulated timings: no guide to a real device's best schedules)"
+            if "emulated" in where
+            else ""
         )
     if (trials or seconds) and missing:
         per_task = max(1, trials // len(missing)) if trials else DEFAULT_TRIALS_PER_TASK
@@ -200,23 +278,26 @@ def schedule(
             missing, str(work_dir), num_threads=max(1, os.cpu_count() or 1)
         )
         t0 = time.perf_counter()
-        ms.tune.tune_tasks(
-            tasks=contexts,
-            task_weights=weights,
-            work_dir=str(work_dir),
-            max_trials_global=total,
-            max_trials_per_task=per_task,
-            num_trials_per_iter=min(64, per_task),
-            builder=ms.builder.LocalBuilder(
-                f_build=_build_without_tensor_intrin, timeout_sec=300.0
-            ),
-            runner=ms.runner.LocalRunner(timeout_sec=120.0),
-            database=db,
-            measure_callbacks=[
-                *ms.measure_callback.MeasureCallback.create("default"),
-                _progress_callback(stats, names, total, deadline, report),
-            ],
-        )
+        try:
+            ms.tune.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=str(work_dir),
+                max_trials_global=total,
+                max_trials_per_task=per_task,
+                num_trials_per_iter=min(16, per_task),  # small batches: every task early
+                builder=builder,
+                runner=runner,
+                database=db,
+                measure_callbacks=[
+                    *ms.measure_callback.MeasureCallback.create("default"),
+                    _progress_callback(stats, names, total, deadline, report),
+                ],
+            )
+        except Exception as e:  # the FFI boundary may re-wrap it: recognize it by its text
+            if TIME_UP not in str(e):
+                raise
+            info["stopped"] = f"--tune-time {seconds:g} s reached"
         info.update(
             trials_run=stats.trials,
             trials_ok=stats.ok,

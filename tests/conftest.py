@@ -4,6 +4,8 @@ directly with onnx.helper (independent of edgec's exporter), and an in-process C
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,10 @@ from torch import nn
 
 import edgec
 from edgec.cli import main
+
+# Tuning databases and device sysroots go to a cache of this test run, never the user's: a test
+# that tunes must see its trials run, not records left by an earlier run.
+os.environ["EDGEC_CACHE"] = tempfile.mkdtemp(prefix="edgec-test-cache-")
 
 # The same examples on every run: CI must not fail on a draw a developer never saw.
 settings.register_profile("edgec", derandomize=True, print_blob=True)

@@ -293,7 +293,16 @@ def test_compile_builtin_with_weights(cli, tmp_path: Path) -> None:
     trained = models.create("tiny_vit_5m", seed=5)
     save_file(trained.state_dict(), str(user / "tv5.safetensors"))
     before = tree_digest(user)
-    r = cli("compile", "tiny_vit_5m", "--weights", user / "tv5.safetensors", "-o", tmp_path / "b")
+    r = cli(
+        "compile",
+        "tiny_vit_5m",
+        "--weights",
+        user / "tv5.safetensors",
+        "--backend",
+        "onnxruntime",
+        "-o",
+        tmp_path / "b",
+    )
     assert r.code == 0, r.err
     assert tree_digest(user) == before
     from edgec.runtime import load
@@ -312,7 +321,16 @@ def test_compile_builtin_with_mismatched_weights(cli, tmp_path: Path) -> None:
     path = tmp_path / "wrong.pt"
     torch.save({"head.weight": torch.zeros(3, 3)}, path)
     before = path.read_bytes()
-    r = cli("compile", "tiny_vit_5m", "--weights", path, "-o", tmp_path / "b")
+    r = cli(
+        "compile",
+        "tiny_vit_5m",
+        "--weights",
+        path,
+        "--backend",
+        "onnxruntime",
+        "-o",
+        tmp_path / "b",
+    )
     assert r.code == 2
     assert "weights" in one_line(r.err) and "lack 'patch_embed.seq.0.c.weight'" in r.err
     assert path.read_bytes() == before

@@ -88,7 +88,7 @@ EXPORTED = [
 
 @pytest.mark.parametrize("name", EXPORTED)
 def test_exports_and_matches_torch(name: str, tmp_path: Path) -> None:
-    bundle = edgec.compile(name, output=tmp_path / name)
+    bundle = edgec.compile(name, output=tmp_path / name, backend="onnxruntime")
     assert bundle.manifest.reference["max_rel_error"] <= 1e-4
     feeds = _fixed_input(name)
     got = next(iter(bundle.load().run(feeds).values()))

@@ -60,7 +60,9 @@ def test_act_learn_schedule() -> None:
 
 def test_full_size_compile_matches_torch(tmp_path: Path) -> None:
     """The demo's model at 224x224: the bundle against torch eager within 1e-5."""
-    bundle = edgec.compile("vanillanet_5", output=tmp_path / "vn5", tolerance=1e-5)
+    bundle = edgec.compile(
+        "vanillanet_5", output=tmp_path / "vn5", tolerance=1e-5, backend="onnxruntime"
+    )
     model = models.create("vanillanet_5")
     x = np.random.default_rng(9).standard_normal((1, 3, 224, 224)).astype(np.float32)
     with torch.no_grad():

@@ -21,7 +21,7 @@ def test_float_model_keeps_full_optimization(tiny_bundle: Path) -> None:
 def test_binary_model_falls_back_and_says_why(tmp_path: Path) -> None:
     """MatMulScaleFusion's fused matmul rounds differently; a binarized model turns that into
     flipped bits, so the target keeps the first fallback that passes the reference check."""
-    bundle = edgec.compile("bit_bert_tiny", output=tmp_path / "b")
+    bundle = edgec.compile("bit_bert_tiny", output=tmp_path / "b", backend="onnxruntime")
     m = bundle.manifest
     assert m.backend_options["disabled_optimizers"] == ["MatMulScaleFusion"]
     assert "differed from the reference" in m.reference["note"]
@@ -44,5 +44,7 @@ def test_no_fallback_passes(tiny_net, tmp_path: Path, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(OnnxruntimeTarget, "compile", broken)
     with pytest.raises(BundleCheckError, match="differs from the reference"):
-        edgec.compile(tiny_net, output=tmp_path / "b", input_shapes=["x=1x3x16x16"])
+        edgec.compile(
+            tiny_net, output=tmp_path / "b", input_shapes=["x=1x3x16x16"], backend="onnxruntime"
+        )
     assert not (tmp_path / "b").exists()

@@ -51,10 +51,11 @@ class TinyTransformer(nn.Module):
 def test_conv_net_from_onnx_matches_onnxruntime(tmp_path: Path) -> None:
     path = tmp_path / "small.onnx"
     onnx.save(make_onnx_model(), path)
-    bundle = edgec.compile(path, target="x86_64", output=tmp_path / "b")
+    bundle = edgec.compile(path, target="x86_64", output=tmp_path / "b", backend="tvm")
     m = bundle.manifest
     assert (m.target, m.backend, m.artifacts["model"]) == ("x86_64", "tvm", "model.so")
-    assert m.backend_options["tuned"] is False and m.backend_options["target"]["kind"] == "llvm"
+    assert m.backend_options["target"]["kind"] == "llvm"
+    assert m.backend_options["tuning"]["trials_run"] == 0
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
     expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     assert rel_error(bundle.load().run({"x": x})["y"], expected) < 1e-4
@@ -69,7 +70,7 @@ def test_transformer_matches_onnxruntime_and_torch(tmp_path: Path) -> None:
     x = np.random.default_rng(1).standard_normal((2, 16, 32)).astype(np.float32)
     expected = next(iter(run_onnx(prepared.model, {"x": x}).values()))  # the unmodified model
     bundle = edgec.compile(
-        model, target="x86_64", output=tmp_path / "b", input_shapes=["x=2x16x32"]
+        model, target="x86_64", output=tmp_path / "b", input_shapes=["x=2x16x32"], backend="tvm"
     )
     got = next(iter(bundle.load().run({"x": x}).values()))
     assert rel_error(got, expected) < 1e-4
@@ -81,7 +82,7 @@ def test_transformer_matches_onnxruntime_and_torch(tmp_path: Path) -> None:
 def test_tvm_bundle_runs_without_torch(tmp_path: Path) -> None:
     path = tmp_path / "small.onnx"
     onnx.save(make_onnx_model(), path)
-    edgec.compile(path, target="x86_64", output=tmp_path / "b")
+    edgec.compile(path, target="x86_64", output=tmp_path / "b", backend="tvm")
     script = textwrap.dedent(
         """
         import sys

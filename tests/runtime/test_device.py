@@ -1,0 +1,253 @@
+"""arm64: bundles cross-compiled here, checked on the emulated device over RPC; the C++ host.
+
+The emulated device (`edgec device emulate arm64`) runs TVM's RPC server inside qemu user mode,
+with an aarch64 Python sysroot prepared on first use. Needs the Debian packages of the README's
+set-up (cross compilers, qemu-user-static).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import psutil
+import pytest
+import torch
+
+import edgec
+from edgec.errors import DeviceError
+from edgec.irutil import run_onnx
+from edgec.runtime.bundle import Bundle, load_reference
+from edgec.runtime.compare import rel_error
+from edgec.runtime.remote import connect
+from tests.conftest import make_onnx_model
+from tests.targets.test_tvm import TinyTransformer
+
+EDGEC = str(Path(sys.executable).with_name("edgec"))
+
+
+def start_emulator(port: int = 0) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [EDGEC, "device", "emulate", "arm64", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 900  # the first start prepares the sysroot
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        found = re.search(r"serving on (\S+):(\d+)", line)
+        if found:
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return proc, f"{found.group(1)}:{found.group(2)}"
+    proc.kill()
+    raise AssertionError("the emulated device did not start:\n" + "".join(seen[-20:]))
+
+
+def server_processes(address: str) -> list[psutil.Process]:
+    port = address.rpartition(":")[2]
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "device_server.py" in cmd and f"--port {port}" in cmd:
+            found.append(p)
+    return found
+
+
+@pytest.fixture(scope="module")
+def device() -> Iterator[str]:
+    proc, address = start_emulator()
+    yield address
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+
+
+def test_emulator_starts_serves_and_stops_cleanly() -> None:
+    proc, address = start_emulator()
+    with connect(address) as remote:
+        assert remote.info.machine == "aarch64" and "qemu" in remote.info.emulated
+    assert server_processes(address), "the server should be running under qemu"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    time.sleep(1)
+    assert server_processes(address) == [], "processes were left behind"
+    with socket.socket() as s:
+        assert s.connect_ex(tuple_of(address)) != 0
+
+
+def tuple_of(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def test_arm64_conv_net_matches_onnxruntime_on_the_device(device: str, tmp_path: Path) -> None:
+    path = tmp_path / "small.onnx"
+    onnx.save(make_onnx_model(), path)
+    bundle = edgec.compile(path, target="arm64", mcpu="cortex-a55", output=tmp_path / "b")
+    m = bundle.manifest
+    assert m.backend_options["triple"] == "aarch64-linux-gnu"
+    assert "+dotprod" in m.backend_options["target"]["mattr"]
+    assert m.reference["max_rel_error"] is None and "--device" in m.reference["note"]
+    r = subprocess.run(
+        [EDGEC, "verify", str(bundle.path), "--device", device, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["ok"] and report["max_rel_error"] < 1e-4
+    # and on an input of its own, against onnxruntime on the unmodified model
+    x = np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    with connect(device) as remote:
+        got = remote.run(Bundle.open(bundle.path), {"x": x})["y"]
+    assert rel_error(got, expected) < 1e-4
+
+
+def test_arm64_transformer_checked_at_compile_time_on_the_device(
+    device: str, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    model = TinyTransformer().eval()
+    prepared = edgec.frontend.prepare(model, input_shapes=["x=2x16x32"])
+    x = np.random.default_rng(1).standard_normal((2, 16, 32)).astype(np.float32)
+    expected = next(iter(run_onnx(prepared.model, {"x": x}).values()))
+    bundle = edgec.compile(
+        model, target="arm64", output=tmp_path / "b", input_shapes=["x=2x16x32"], device=device
+    )
+    assert bundle.manifest.reference["max_rel_error"] < 1e-4
+    assert device in bundle.manifest.reference["note"]
+    with connect(device) as remote:
+        got = next(iter(remote.run(Bundle.open(bundle.path), {"x": x}).values()))
+    assert rel_error(got, expected) < 1e-4
+
+
+def test_profile_on_the_device_is_labelled_emulated(device: str, tmp_path: Path) -> None:
+    path = tmp_path / "small.onnx"
+    onnx.save(make_onnx_model(), path)
+    edgec.compile(path, target="arm64", output=tmp_path / "b")
+    r = subprocess.run(
+        [EDGEC, "profile", str(tmp_path / "b"), "--device", device, "--runs", "5", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["emulated"] is True and "emulated" in report["device"]
+    assert report["runs"] == 5 and 0 < report["min_ms"] <= report["p50_ms"] <= report["max_ms"]
+    assert report["peak_rss_mb"] > 0
+    r = subprocess.run(
+        [EDGEC, "profile", str(tmp_path / "b"), "--device", device, "--runs", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "emulated latency" in r.stdout
+
+
+def test_arm64_bundle_cannot_run_on_this_host(cli, tmp_path: Path) -> None:
+    path = tmp_path / "small.onnx"
+    onnx.save(make_onnx_model(), path)
+    edgec.compile(path, target="arm64", output=tmp_path / "b")
+    r = cli("verify", tmp_path / "b")
+    assert r.code == 2 and "aarch64-linux-gnu library" in r.err and "--device" in r.err
+
+
+def test_unreachable_device_is_a_clear_error_soon(cli, tiny_bundle: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: nothing answers there
+    start = time.monotonic()
+    r = cli("verify", tiny_bundle, "--device", f"127.0.0.1:{port}")
+    assert r.code == 2 and "unreachable" in r.err and len(r.err.strip().splitlines()) == 1
+    assert time.monotonic() - start < 20
+
+
+def test_a_silent_device_times_out() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # accepts, never speaks RPC
+    try:
+        start = time.monotonic()
+        with (
+            pytest.raises(DeviceError, match="did not answer"),
+            connect(f"127.0.0.1:{listener.getsockname()[1]}", timeout_s=2),
+        ):
+            pass
+        assert time.monotonic() - start < 30
+    finally:
+        listener.close()
+
+
+def test_malformed_device_address(cli, tiny_bundle: Path) -> None:
+    r = cli("verify", tiny_bundle, "--device", "nohost")
+    assert r.code == 2 and "HOST:PORT" in r.err
+
+
+@pytest.mark.parametrize("target", ["x86_64", "arm64"])
+def test_cpp_host_runs_the_bundle_and_matches(target: str, tmp_path: Path) -> None:
+    path = tmp_path / "small.onnx"
+    onnx.save(make_onnx_model(), path)
+    bundle = edgec.compile(path, target=target, backend="tvm", output=tmp_path / "b")
+    r = subprocess.run(
+        [EDGEC, "package", str(bundle.path), "--embed", str(tmp_path / "e"), "--build"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    e = tmp_path / "e"
+    assert {"model.so", "io.txt", "build.sh", "edgec_runtime.hpp", "run_bundle"} <= {
+        p.name for p in e.iterdir()
+    }
+    (e / "out").mkdir()
+    cmd = ["./run_bundle", "model.so", "io.txt", "inputs", "out"]
+    env = dict(os.environ)
+    if target == "arm64":
+        cmd = ["qemu-aarch64-static", *cmd]
+        env["QEMU_LD_PREFIX"] = "/usr/aarch64-linux-gnu"
+    run = subprocess.run(cmd, cwd=e, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    got = np.fromfile(e / "out" / "y.bin", dtype=np.float32)
+    inputs, _ = load_reference(bundle.path)
+    # against onnxruntime on the unmodified model, on the packaged (reference) input
+    expected = ort.InferenceSession(str(path)).run(None, inputs)[0].ravel()
+    assert got.shape == expected.shape
+    assert rel_error(got, expected) < 1e-4
+
+
+def test_arm64_tuning_measures_on_the_device(
+    device: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGEC_CACHE", str(tmp_path / "cache"))  # a database of its own
+    path = tmp_path / "small.onnx"
+    onnx.save(make_onnx_model(), path)
+    bundle = edgec.compile(path, target="arm64", output=tmp_path / "b", tune=4, device=device)
+    t = bundle.manifest.backend_options["tuning"]
+    assert t["trials_ok"] >= t["tasks"] > 0 and t["tuned"]
+    assert "aarch64-linux-gnu" in t["database"]
+    assert "emulated" in t["records_measured_on"]
+    assert bundle.manifest.reference["max_rel_error"] < 1e-4
+    # without the device, a later compile reads the records measured on it
+    again = edgec.compile(path, target="arm64", output=tmp_path / "c")
+    t2 = again.manifest.backend_options["tuning"]
+    assert t2["tasks_from_database"] == t2["tasks"] and t2["database"] == t["database"]

@@ -1,0 +1,63 @@
+"""--backend auto: both back ends built, checked and timed; the faster within tolerance kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+import edgec
+from edgec.errors import UnsupportedOpError
+from edgec.targets.tvm import TvmTarget
+from tests.conftest import make_onnx_model
+
+
+@pytest.mark.parametrize("target", ["cpu", "x86_64"])
+def test_auto_records_both_timings_and_keeps_the_faster(target: str, tmp_path: Path) -> None:
+    path = tmp_path / "small.onnx"
+    onnx.save(make_onnx_model(), path)
+    bundle = edgec.compile(path, target=target, output=tmp_path / "b")
+    sel = bundle.manifest.selection
+    cands = sel["candidates"]
+    assert set(cands) == {"onnxruntime", "tvm"}
+    for c in cands.values():
+        assert c["p50_ms"] > 0 and c["runs"] >= 3 and c["max_rel_error"] <= 1e-4
+    fastest = min(cands, key=lambda k: cands[k]["p50_ms"])
+    assert sel["chosen"] == fastest == bundle.manifest.backend
+    assert bundle.manifest.target == target
+    files = sorted(p.name for p in bundle.path.iterdir())
+    assert not [f for f in files if f.startswith(".candidate")]
+    assert bundle.load().verify().ok
+
+
+def test_a_back_end_that_fails_is_left_out_and_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(self, model, options, stage):
+        raise UnsupportedOpError("TVM's ONNX importer cannot take this model: Foo")
+
+    monkeypatch.setattr(TvmTarget, "compile", unsupported)
+    path = tmp_path / "small.onnx"
+    onnx.save(make_onnx_model(), path)
+    bundle = edgec.compile(path, output=tmp_path / "b")
+    assert bundle.manifest.backend == "onnxruntime"
+    assert "Foo" in bundle.manifest.selection["candidates"]["tvm"]["failed"]
+
+
+def test_explicit_backend_builds_one(tmp_path: Path) -> None:
+    path = tmp_path / "small.onnx"
+    onnx.save(make_onnx_model(), path)
+    bundle = edgec.compile(path, output=tmp_path / "b", backend="tvm")
+    assert (bundle.manifest.target, bundle.manifest.backend) == ("cpu", "tvm")
+    assert bundle.manifest.selection == {}
+    with pytest.raises(edgec.EdgecError, match="only the back end 'tvm'"):
+        edgec.compile(path, target="arm64", output=tmp_path / "c", backend="onnxruntime")
+
+
+def test_report_shows_the_choice(cli, tmp_path: Path) -> None:
+    path = tmp_path / "small.onnx"
+    onnx.save(make_onnx_model(), path)
+    r = cli("compile", path, "-o", tmp_path / "b", "--report")
+    assert r.code == 0, r.err
+    assert "measure-and-pick" in r.out and "chosen by measurement" in r.out
