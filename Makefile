@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EDGEC := $(VENV)/bin/edgec
 DEMO_MODEL ?= vanillanet_5
+DEMO_PORT ?= 9190
+SHELL := /bin/bash
 
 # Debian packages for arm64: the cross compilers and qemu user mode (emulated device, C++ host)
 DEB_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static
@@ -28,10 +30,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt | debian
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	rm -rf out/demo
-	$(EDGEC) compile $(DEMO_MODEL) --target cpu -o out/demo --verify
+	rm -rf out/demo out/demo-arm64
+	$(EDGEC) compile $(DEMO_MODEL) --target cpu -o out/demo --verify --threads 1
 	$(EDGEC) verify out/demo
 	$(EDGEC) profile out/demo --runs 50 --warmup 5 --threads 1
+	$(EDGEC) compile $(DEMO_MODEL) --target arm64 --mcpu cortex-a55 -o out/demo-arm64
+	$(EDGEC) device emulate arm64 --prepare-only
+	$(EDGEC) device emulate arm64 --port $(DEMO_PORT) & pid=$$!; \
+	for i in $$(seq 120); do (echo > /dev/tcp/127.0.0.1/$(DEMO_PORT)) 2>/dev/null && break; sleep 1; done; \
+	$(EDGEC) verify out/demo-arm64 --device 127.0.0.1:$(DEMO_PORT); rc=$$?; \
+	kill $$pid; wait $$pid; exit $$rc
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -275,10 +275,10 @@ def _build(
         return _Built(folder, manifest, report.max_error, f"checked on device {device}")
     if triple is not None and triple != host_triple():
         note = (
-            f"a {triple} library cannot run on this {host_triple()} host: "
+            f"this {host_triple()} host cannot run a library built for {triple}: "
             "check it with `edgec verify BUNDLE --device HOST:PORT`"
         )
-        log.warning("not checked against the reference here: %s", note)
+        log.info("not checked against the reference here: %s", note)
         return _Built(folder, manifest, None, note)
     error, note = _check_bundle(
         bundle, prepared.inputs, prepared.outputs, tolerance, threads, artifacts.fallbacks

@@ -41,8 +41,8 @@ def make_runner(bundle: Bundle, threads: int = 0, profile_prefix: str | None = N
         triple = m.backend_options.get("triple", "x86_64-linux-gnu")
         if triple != host_triple():
             raise BundleError(
-                f"bundle '{bundle.path}' holds a {triple} library, which cannot run on this "
-                f"{host_triple()} host: use --device HOST:PORT (`edgec device --help`)"
+                f"bundle '{bundle.path}' is built for {triple}, which this {host_triple()} "
+                "host cannot run: use --device HOST:PORT (`edgec device --help`)"
             )
 
         return TvmRunner(bundle.path / m.artifacts["model"], [s.name for s in m.inputs], threads)
