@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.errors import UnsupportedOpError, VerificationError
+from edgec.errors import OptionError, UnsupportedOpError, VerificationError
 from edgec.runtime.bundle import (
     Bundle,
     Manifest,
@@ -100,6 +100,11 @@ def compile(
             on_step(message)
 
     candidates = _candidates(target, backend)
+    if (tune or tune_time or mcpu) and not any(t.backend == "tvm" for t in candidates):
+        raise OptionError(
+            "--tune, --tune-time and --mcpu apply to the TVM back end; "
+            f"target '{target}' with back end '{backend}' builds none"
+        )
     out = Path(output) if output is not None else default_output(source, target)
     timings: dict[str, float] = {}
 

@@ -508,6 +508,8 @@ def inspect(what: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
             "stats_before_passes": m.stats.get("before", {}),
             "passes": m.passes,
             "reference": m.reference,
+            "backend_options": m.backend_options,
+            "selection": m.selection,
         }
     else:
         from edgec.frontend import load as load_source
@@ -536,6 +538,17 @@ def _print_inspect(info: dict[str, Any]) -> None:
             f"format {info['format_version']}, {info['size_bytes'] / 1e6:.1f} MB"
         )
         out.print(f"  source {info['source'].get('name')} ({info['source'].get('kind')})")
+        opts = info["backend_options"]
+        if "triple" in opts:
+            t = opts["target"]
+            out.print(
+                f"  TVM {opts['tvm_version']}: {opts['triple']}, cpu {t['mcpu']}"
+                + (f", {' '.join(t['mattr'])}" if t.get("mattr") else "")
+                + f", {t['num-cores']} cores"
+            )
+            out.print("  " + _describe_tuning(opts["tuning"]))
+        if info["selection"]:
+            _print_selection(info["selection"], detailed=False)
     for role in ("inputs", "outputs"):
         for t in info[role]:
             out.print(f"  {role[:-1]:6} {t['name']}: {t['dtype']} {tuple(t['shape'])}")

@@ -44,7 +44,10 @@ class OnnxruntimeTarget:
     name = "cpu"
     backend = "onnxruntime"
     pipeline = "cpu"
-    description = "host CPU (x86_64 or arm64) through onnxruntime's CPU execution provider"
+    description = (
+        "host CPU through onnxruntime's CPU execution provider; with --backend auto (the "
+        "default) also TVM, keeping the faster"
+    )
 
     def compile(self, model: ir.Model, options: CompileOptions, stage: Path) -> Artifacts:
         files = save_onnx(model, stage / "model.onnx")

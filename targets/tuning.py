@@ -183,6 +183,16 @@ def _progress_callback(
     return Progress()
 
 
+def _quiet_metaschedule() -> None:
+    """MetaSchedule logs every round to stdout; keep that in its log files unless -vv."""
+    ms_log = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(ms_log.handlers):  # it re-adds its own for each run, and cannot
+        ms_log.removeHandler(handler)  # re-list unnamed ones (a second run would fail)
+        handler.close()
+    if not log.isEnabledFor(logging.DEBUG):  # its console handler copies this level
+        ms_log.setLevel(logging.WARNING)
+
+
 def _has_record(db: Any, mod: Any) -> bool:
     return bool(db.has_workload(mod) and db.get_top_k(db.commit_workload(mod), 1))
 
@@ -250,6 +260,7 @@ def schedule(
             f"this host ({measure_target['mtriple']}, {measure_target['mcpu']}); applied to "
             f"{target['mtriple']} by workload, not measured on the device"
         )
+    _quiet_metaschedule()
     builder = ms.builder.LocalBuilder(f_build=_build_without_tensor_intrin, timeout_sec=300.0)
     runner: Any = ms.runner.LocalRunner(timeout_sec=120.0)
     if on_device and missing:
@@ -269,8 +280,6 @@ def schedule(
                 len(missing),
                 total,
             )
-        if not log.isEnabledFor(logging.DEBUG):  # its console handler copies this level
-            logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
         stats = TuneStats()
         names = [t.task_name for t in missing]
         deadline = time.monotonic() + seconds if seconds else None

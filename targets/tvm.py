@@ -130,7 +130,10 @@ class TvmTarget:
 class TvmX86Target(TvmTarget):
     name = "x86_64"
     triple = "x86_64-linux-gnu"
-    description = "x86_64 CPU through TVM Relax (LLVM; --mcpu, the host's by default), model.so"
+    description = (
+        "x86_64 CPU through TVM Relax (LLVM; --mcpu, the host's by default), model.so; with "
+        "--backend auto (the default) also onnxruntime, keeping the faster"
+    )
 
     def target_dict(self, options: CompileOptions) -> dict[str, Any]:
         return host_target(options.extra.get("mcpu"), options.threads)

@@ -61,3 +61,22 @@ def test_report_shows_the_choice(cli, tmp_path: Path) -> None:
     r = cli("compile", path, "-o", tmp_path / "b", "--report")
     assert r.code == 0, r.err
     assert "measure-and-pick" in r.out and "chosen by measurement" in r.out
+
+
+def test_tuning_options_need_a_tvm_back_end(cli, tmp_path: Path) -> None:
+    path = tmp_path / "small.onnx"
+    onnx.save(make_onnx_model(), path)
+    r = cli("compile", path, "--backend", "onnxruntime", "--tune", "8", "-o", tmp_path / "b")
+    assert r.code == 2 and "--tune" in r.err
+    assert not (tmp_path / "b").exists()
+
+
+def test_inspect_shows_the_tvm_build_and_the_choice(cli, tmp_path: Path) -> None:
+    path = tmp_path / "small.onnx"
+    onnx.save(make_onnx_model(), path)
+    assert cli("compile", path, "-o", tmp_path / "b").code == 0
+    r = cli("inspect", tmp_path / "b")
+    assert r.code == 0 and "chosen by measurement" in r.out
+    assert cli("compile", path, "--target", "arm64", "-o", tmp_path / "a").code == 0
+    r = cli("inspect", tmp_path / "a")
+    assert "aarch64-linux-gnu" in r.out and "+neon" in r.out
