@@ -185,6 +185,7 @@ def prepare(report: Callable[[str], None] | None = None, force: bool = False) ->
         ],
         "installing the aarch64 wheels into the sysroot",
     )
+    shutil.rmtree(wheels, ignore_errors=True)  # installed: the wheels themselves are not needed
     say("device arm64: precompiling bytecode")
     compiler = shutil.which(f"python{PYTHON_TAG}") or sys.executable
     subprocess.run(

@@ -251,3 +251,27 @@ def test_arm64_tuning_measures_on_the_device(
     again = edgec.compile(path, target="arm64", output=tmp_path / "c")
     t2 = again.manifest.backend_options["tuning"]
     assert t2["tasks_from_database"] == t2["tasks"] and t2["database"] == t["database"]
+
+
+def test_missing_debian_packages_are_named(tmp_path: Path) -> None:
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent), EDGEC_CACHE=str(tmp_path))
+    r = subprocess.run(
+        [EDGEC, "device", "emulate", "arm64", "--prepare-only"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "qemu-user-static" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    path = tmp_path / "small.onnx"
+    onnx.save(make_onnx_model(), path)
+    r = subprocess.run(
+        [EDGEC, "compile", str(path), "--target", "arm64", "-o", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 2 and "gcc-aarch64-linux-gnu" in r.stderr
+    assert not (tmp_path / "b").exists()
