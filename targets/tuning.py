@@ -115,11 +115,42 @@ def _device_tools(device: str) -> tuple[Any, Any, str]:
     return builder, runner, where
 
 
-TIME_UP = "edgec: the --tune-time budget is spent"
+def _round_robin(deadline: float | None, stopped: list[bool]) -> Any:
+    """MetaSchedule's round-robin order (every task gets a batch in turn), ending at `deadline`.
 
+    MetaSchedule has no time budget, and terminating tasks from a measure callback trips its
+    own checks. Candidates are measured asynchronously and reach the database when their task
+    is joined, so this scheduler joins a task before handing it out again and, past the
+    deadline, returns -1: the scheduler then joins what is still running and stops.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 
-class TimeUp(Exception):
-    pass
+    @derived_object
+    class DeadlineRoundRobin(PyTaskScheduler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.last = -1
+            self.pending: set[int] = set()
+
+        def next_task_id(self) -> int:
+            tasks = self._outer().tasks_  # type: ignore[attr-defined]
+            if deadline is not None and time.monotonic() > deadline:
+                stopped.append(True)
+                return -1
+            for _ in range(len(tasks)):
+                self.last = (self.last + 1) % len(tasks)
+                if tasks[self.last].is_terminated:
+                    continue
+                if self.last in self.pending:
+                    self.join_running_task(self.last)
+                    if self._outer().tasks_[self.last].is_terminated:  # type: ignore[attr-defined]
+                        continue
+                self.pending.add(self.last)
+                return self.last
+            return -1
+
+    return DeadlineRoundRobin()
 
 
 @dataclass
@@ -138,7 +169,6 @@ def _progress_callback(
     stats: TuneStats,
     names: list[str],
     total: int,
-    deadline: float | None,
     report: Callable[[str], None] | None,
 ) -> Any:
     from tvm.ir.utils import derived_object
@@ -174,11 +204,6 @@ def _progress_callback(
                     f"tasks measured; {name}: best "
                     + (f"{best * 1e3:.3f} ms" if best is not None else "-")
                 )
-            if deadline is not None and time.monotonic() > deadline:
-                # MetaSchedule's scheduler has no stop: terminating its tasks from a callback
-                # trips its own checks. Raising ends the run; what was measured is already
-                # committed to the database (the default callbacks run before this one).
-                raise TimeUp(TIME_UP)
 
     return Progress()
 
@@ -282,30 +307,29 @@ def schedule(
             )
         stats = TuneStats()
         names = [t.task_name for t in missing]
-        deadline = time.monotonic() + seconds if seconds else None
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             missing, str(work_dir), num_threads=max(1, os.cpu_count() or 1)
         )
         t0 = time.perf_counter()
-        try:
-            ms.tune.tune_tasks(
-                tasks=contexts,
-                task_weights=weights,
-                work_dir=str(work_dir),
-                max_trials_global=total,
-                max_trials_per_task=per_task,
-                num_trials_per_iter=min(16, per_task),  # small batches: every task early
-                builder=builder,
-                runner=runner,
-                database=db,
-                measure_callbacks=[
-                    *ms.measure_callback.MeasureCallback.create("default"),
-                    _progress_callback(stats, names, total, deadline, report),
-                ],
-            )
-        except Exception as e:  # the FFI boundary may re-wrap it: recognize it by its text
-            if TIME_UP not in str(e):
-                raise
+        deadline = time.monotonic() + seconds if seconds else None  # from the first trial on
+        stopped: list[bool] = []
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(work_dir),
+            max_trials_global=total,
+            max_trials_per_task=per_task,
+            num_trials_per_iter=min(16, per_task),  # small batches: every task early
+            builder=builder,
+            runner=runner,
+            database=db,
+            measure_callbacks=[
+                *ms.measure_callback.MeasureCallback.create("default"),
+                _progress_callback(stats, names, total, report),
+            ],
+            task_scheduler=_round_robin(deadline, stopped),
+        )
+        if stopped:
             info["stopped"] = f"--tune-time {seconds:g} s reached"
         info.update(
             trials_run=stats.trials,
