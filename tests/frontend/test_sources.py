@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import edgec
+from edgec import frontend
 from edgec.errors import ModelFormatError, OptionError, SourceError, UnsupportedOpError
 from edgec.frontend import load, prepare
 from edgec.frontend.sources import InputSpec, parse_dynamic_axis, parse_input_shape
@@ -139,7 +140,7 @@ def test_onnx_missing_external_data(tmp_path: Path) -> None:
 def test_onnx_in_memory_is_not_modified() -> None:
     proto = make_onnx_model()
     before = proto.SerializeToString()
-    edgec.frontend.prepare(proto)
+    frontend.prepare(proto)
     assert proto.SerializeToString() == before
 
 

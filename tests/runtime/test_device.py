@@ -27,6 +27,7 @@ import pytest
 import torch
 
 import edgec
+from edgec import frontend
 from edgec.errors import DeviceError
 from edgec.irutil import run_onnx
 from edgec.runtime.bundle import Bundle, load_reference
@@ -127,7 +128,7 @@ def test_arm64_transformer_checked_at_compile_time_on_the_device(
 ) -> None:
     torch.manual_seed(0)
     model = TinyTransformer().eval()
-    prepared = edgec.frontend.prepare(model, input_shapes=["x=2x16x32"])
+    prepared = frontend.prepare(model, input_shapes=["x=2x16x32"])
     x = np.random.default_rng(1).standard_normal((2, 16, 32)).astype(np.float32)
     expected = next(iter(run_onnx(prepared.model, {"x": x}).values()))
     bundle = edgec.compile(

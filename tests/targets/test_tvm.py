@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import edgec
+from edgec import frontend
 from edgec.runtime import load
 from edgec.runtime.compare import rel_error
 from tests.conftest import make_onnx_model
@@ -64,7 +65,7 @@ def test_conv_net_from_onnx_matches_onnxruntime(tmp_path: Path) -> None:
 def test_transformer_matches_onnxruntime_and_torch(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = TinyTransformer().eval()
-    prepared = edgec.frontend.prepare(model, input_shapes=["x=2x16x32"])
+    prepared = frontend.prepare(model, input_shapes=["x=2x16x32"])
     from edgec.irutil import run_onnx
 
     x = np.random.default_rng(1).standard_normal((2, 16, 32)).astype(np.float32)
