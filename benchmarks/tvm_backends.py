@@ -14,6 +14,7 @@ tuning time in the table are what each model's records cost.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -85,6 +86,37 @@ def _runner(bundle, feeds):
     return lambda: runner.run(feeds)
 
 
+HEADER = [
+    "model",
+    "ORT plain p50 (ms)",
+    "edgec ORT p50 (ms)",
+    "edgec TVM tuned p50 (ms)",
+    "TVM / edgec ORT",
+    "auto chose",
+    "trials measured",
+    "kernels tuned",
+    "tuning (s)",
+    "TVM error vs reference",
+]
+
+
+def row(r: dict) -> list[str]:
+    p, t = r["p50_ms"], r["tuning"]
+    tuned = t["tasks"] - len(t["tasks_untuned"])
+    return [
+        r["model"],
+        f"{p['ort_plain']:.2f}",
+        f"{p['edgec_ort']:.2f}",
+        f"{p['edgec_tvm']:.2f}",
+        f"{p['edgec_tvm'] / p['edgec_ort']:.2f}x",
+        r["auto_chose"],
+        f"{t['trials_ok']}/{t['trials_run']}",
+        f"{tuned}/{t['tasks']}",
+        f"{t['seconds']:.0f}",
+        f"{r['tvm_error']:.1e}",
+    ]
+
+
 def main() -> None:
     os.environ["EDGEC_CACHE"] = tempfile.mkdtemp(prefix="edgec-bench-cache-")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -94,41 +126,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--from-json", type=Path, nargs="+", help="Only write the table of saved result files."
+    )
     args = parser.parse_args()
-    results, rows = [], []
-    for name in args.models.split(","):
-        r = measure(name, args.trials, args.tune_time, args.rounds, args.runs)
-        results.append(r)
-        p, t = r["p50_ms"], r["tuning"]
-        tuned = t["tasks"] - len(t["tasks_untuned"])
-        rows.append(
-            [
-                name,
-                f"{p['ort_plain']:.2f}",
-                f"{p['edgec_ort']:.2f}",
-                f"{p['edgec_tvm']:.2f}",
-                f"{p['edgec_tvm'] / p['edgec_ort']:.2f}x",
-                r["auto_chose"],
-                f"{t['trials_ok']}/{t['trials_run']}",
-                f"{tuned}/{t['tasks']}",
-                f"{t['seconds']:.0f}",
-                f"{r['tvm_error']:.1e}",
-            ]
-        )
-        print(rows[-1], flush=True)
-    header = [
-        "model",
-        "ORT plain p50 (ms)",
-        "edgec ORT p50 (ms)",
-        "edgec TVM tuned p50 (ms)",
-        "TVM / edgec ORT",
-        "auto chose",
-        "trials measured",
-        "kernels tuned",
-        "tuning (s)",
-        "TVM error vs reference",
-    ]
-    print(write_results(args.out, "tvm_backends", results, header, rows))
+    if args.from_json:
+        results = [r for f in args.from_json for r in json.loads(f.read_text())]
+    else:
+        results = []
+        for name in args.models.split(","):
+            results.append(measure(name, args.trials, args.tune_time, args.rounds, args.runs))
+            print(row(results[-1]), flush=True)
+    rows = [row(r) for r in results]
+    print(write_results(args.out, "tvm_backends", results, HEADER, rows))
 
 
 if __name__ == "__main__":
