@@ -97,6 +97,29 @@ def _host_version(dist: str) -> str | None:
         return None
 
 
+PLATFORM_OPTS = [
+    "--only-binary=:all:",
+    *("--platform", "manylinux_2_28_aarch64", "--platform", "manylinux2014_aarch64"),
+    *("--python-version", PYTHON_TAG, "--implementation", "cp"),
+]
+
+
+def download_aarch64_wheels(dists: list[str], dest: Path) -> None:
+    """pip download the aarch64 wheels of `dists`, at the host's versions where it has them."""
+    specs = []
+    for dist in dists:
+        version = _host_version(dist)
+        specs.append(f"{dist}=={version}" if version else dist)
+    _run(
+        [
+            *(sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(dest)),
+            *PLATFORM_OPTS,
+            *specs,
+        ],
+        "pip download of the aarch64 wheels " + ", ".join(specs),
+    )
+
+
 def prepare(report: Callable[[str], None] | None = None, force: bool = False) -> Path:
     """Build the arm64 sysroot once; returns its path (reused while it is complete)."""
     root = sysroot_dir()
@@ -158,29 +181,13 @@ def prepare(report: Callable[[str], None] | None = None, force: bool = False) ->
         _run(["dpkg", "-x", str(deb), str(sysroot)], f"dpkg -x {deb.name}")
 
     wheels = root / "wheels"
-    platform_opts = [
-        "--only-binary=:all:",
-        *("--platform", "manylinux_2_28_aarch64", "--platform", "manylinux2014_aarch64"),
-        *("--python-version", PYTHON_TAG, "--implementation", "cp"),
-    ]
-    specs = []
-    for dist in WHEELS:
-        version = _host_version(dist)
-        specs.append(f"{dist}=={version}" if version else dist)
-    say("device arm64: downloading the aarch64 wheels: " + ", ".join(specs))
-    _run(
-        [
-            *(sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels)),
-            *platform_opts,
-            *specs,
-        ],
-        "pip download of the aarch64 wheels",
-    )
+    say("device arm64: downloading the aarch64 wheels of " + ", ".join(WHEELS))
+    download_aarch64_wheels(WHEELS, wheels)
     site = sysroot / "usr/lib/python3/dist-packages"
     _run(
         [
             *(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"),
-            *("--target", str(site), *platform_opts),
+            *("--target", str(site), *PLATFORM_OPTS),
             *(str(w) for w in sorted(wheels.glob("*.whl"))),
         ],
         "installing the aarch64 wheels into the sysroot",

@@ -19,11 +19,9 @@ incomplete (shared ARM64.md), and the wrapper needs none of them.
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import numpy as np
 from edgec.cache import cache_dir
 from edgec.errors import BundleError, DeviceError, OptionError
 from edgec.runtime.bundle import Bundle, load_reference
+from edgec.runtime.tvm_backend import bundle_triple
 
 EMBED_SOURCES = Path(__file__).with_name("embed")
 LIBS = {"tvm": "libtvm_runtime.so", "tvm_ffi": "libtvm_ffi.so"}
@@ -64,7 +63,7 @@ def _host_libs() -> dict[str, Path]:
 
 def _aarch64_libs() -> dict[str, Path]:
     """The aarch64 TVM runtime libraries at this host's TVM versions."""
-    from edgec.runtime.emulator import READY, sysroot_dir
+    from edgec.runtime.emulator import READY, download_aarch64_wheels, sysroot_dir
 
     site = sysroot_dir() / "sysroot/usr/lib/python3/dist-packages"
     if (sysroot_dir() / READY).is_file():
@@ -74,19 +73,7 @@ def _aarch64_libs() -> dict[str, Path]:
     if all(p.is_file() for p in libs.values()):
         return libs
     wheels = folder / "wheels"
-    specs = [f"{d}=={importlib.metadata.version(d)}" for d in ("apache-tvm", "apache-tvm-ffi")]
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels)),
-            *("--only-binary=:all:", "--platform", "manylinux_2_28_aarch64"),
-            *("--python-version", "3.11", "--implementation", "cp", *specs),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DeviceError(f"cannot download the aarch64 TVM wheels ({', '.join(specs)}): {last}")
+    download_aarch64_wheels(["apache-tvm", "apache-tvm-ffi"], wheels)
     for wheel in wheels.glob("*.whl"):
         with zipfile.ZipFile(wheel) as z:
             for mod, name in LIBS.items():
@@ -102,12 +89,7 @@ def _aarch64_libs() -> dict[str, Path]:
 def package_embed(bundle: Bundle, out: Path, build: bool = False) -> Path:
     """Write the C++ project for `bundle` into `out` (which must not exist or be empty)."""
     m = bundle.manifest
-    if m.backend != "tvm":
-        raise BundleError(
-            f"bundle '{bundle.path}' uses {m.backend}; --embed packages TVM bundles "
-            "(compile with --target x86_64 or arm64)"
-        )
-    triple = m.backend_options.get("triple", "x86_64-linux-gnu")
+    triple = bundle_triple(bundle, "--embed")
     if triple not in COMPILERS:
         raise BundleError(f"bundle '{bundle.path}': no embedding for {triple}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

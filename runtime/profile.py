@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgec.errors import OptionError
+from edgec.runtime.bundle import Bundle
 from edgec.runtime.session import Session, make_runner
 
 
@@ -89,6 +90,42 @@ def summarize(times_ms: list[float]) -> dict[str, float]:
     }
 
 
+def check_counts(runs: int, warmup: int, threads: int) -> None:
+    if runs < 1 or warmup < 0 or threads < 0:
+        raise OptionError(
+            f"runs must be >= 1, warmup and threads >= 0 (got {runs}, {warmup}, {threads})"
+        )
+
+
+def make_report(
+    bundle: Bundle,
+    times_ms: list[float],
+    cold_ms: float,
+    threads: int,
+    warmup: int,
+    peak_mb: float,
+    **extra: Any,
+) -> ProfileReport:
+    """The report of `times_ms`, timed runs of `bundle` on its reference input."""
+    m = bundle.manifest
+    stats = summarize(times_ms)
+    first = m.inputs[0].shape if m.inputs else ()
+    batch = first[0] if first and isinstance(first[0], int) else None
+    return ProfileReport(
+        backend=m.backend,
+        target=m.target,
+        threads=threads,
+        runs=len(times_ms),
+        warmup=warmup,
+        cold_start_ms=cold_ms,
+        throughput_per_s=1e3 / stats["mean_ms"] * (batch or 1),
+        batch_size=batch,
+        peak_rss_mb=peak_mb,
+        **extra,
+        **stats,
+    )
+
+
 def profile(
     session: Session,
     runs: int = 100,
@@ -97,10 +134,7 @@ def profile(
     per_op: bool = False,
 ) -> ProfileReport:
     """Time a bundle on its reference input with `threads` intra-op threads (0: back end's pick)."""
-    if runs < 1 or warmup < 0 or threads < 0:
-        raise OptionError(
-            f"runs must be >= 1, warmup and threads >= 0 (got {runs}, {warmup}, {threads})"
-        )
+    check_counts(runs, warmup, threads)
     feeds, _ = session.reference()
     feeds = session.feeds(feeds)
 
@@ -116,23 +150,14 @@ def profile(
         t0 = time.perf_counter()
         runner.run(feeds)
         times.append((time.perf_counter() - t0) * 1e3)
-    stats = summarize(times)
-
-    first = session.inputs[0].shape if session.inputs else ()
-    batch = first[0] if first and isinstance(first[0], int) else None
-    m = session.bundle.manifest
-    return ProfileReport(
-        backend=m.backend,
-        target=m.target,
-        threads=threads,
-        runs=runs,
-        warmup=warmup,
-        cold_start_ms=cold_ms,
-        throughput_per_s=1e3 / stats["mean_ms"] * (batch or 1),
-        batch_size=batch,
-        peak_rss_mb=peak_rss_mb(),
+    return make_report(
+        session.bundle,
+        times,
+        cold_ms,
+        threads,
+        warmup,
+        peak_rss_mb(),
         per_op=op_breakdown(session, feeds, threads, min(runs, 20)) if per_op else [],
-        **stats,
     )
 
 

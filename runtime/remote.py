@@ -26,7 +26,7 @@ import numpy as np
 from edgec.errors import BundleError, DeviceError, OptionError
 from edgec.runtime.bundle import Bundle, load_reference
 from edgec.runtime.compare import rel_error
-from edgec.runtime.profile import ProfileReport, summarize
+from edgec.runtime.profile import ProfileReport, check_counts, make_report
 from edgec.runtime.session import VerifyReport
 
 CONNECT_TIMEOUT_S = 15.0
@@ -62,13 +62,9 @@ class RemoteDevice:
         self.info = DeviceInfo(address, raw["machine"], raw.get("emulated", ""), raw)
 
     def _check_bundle(self, bundle: Bundle) -> None:
-        m = bundle.manifest
-        if m.backend != "tvm":
-            raise BundleError(
-                f"bundle '{bundle.path}' uses the {m.backend} back end; devices run TVM bundles "
-                "(compile with --target arm64 or x86_64)"
-            )
-        triple = m.backend_options.get("triple", "x86_64-linux-gnu")
+        from edgec.runtime.tvm_backend import bundle_triple
+
+        triple = bundle_triple(bundle, "a device")
         if not triple.startswith(self.info.machine):
             raise BundleError(
                 f"bundle '{bundle.path}' is built for {triple}; the device at {self.address} "
@@ -121,10 +117,7 @@ class RemoteDevice:
         self, bundle: Bundle, runs: int = 100, warmup: int = 10, threads: int = 1
     ) -> ProfileReport:
         """The same report as a local run, timed by the device's clock."""
-        if runs < 1 or warmup < 0 or threads < 0:
-            raise OptionError(
-                f"runs must be >= 1, warmup and threads >= 0 (got {runs}, {warmup}, {threads})"
-            )
+        check_counts(runs, warmup, threads)
         feeds, _ = load_reference(bundle.path)
         start = time.perf_counter()
         vm, dev = self._load(bundle, threads)
@@ -134,24 +127,15 @@ class RemoteDevice:
         for _ in range(warmup):
             vm["main"](*args)
         timer = vm.time_evaluator("main", dev, number=1, repeat=runs)
-        times_ms = [float(t) * 1e3 for t in timer(*args).results]
-        stats = summarize(times_ms)
-        m = bundle.manifest
-        first = m.inputs[0].shape if m.inputs else ()
-        batch = first[0] if first and isinstance(first[0], int) else None
-        return ProfileReport(
-            backend=m.backend,
-            target=m.target,
-            threads=threads,
-            runs=runs,
-            warmup=warmup,
-            cold_start_ms=cold_ms,
-            throughput_per_s=1e3 / stats["mean_ms"] * (batch or 1),
-            batch_size=batch,
-            peak_rss_mb=float(self.session.get_function("edgec.device.peak_rss_mb")()),
+        return make_report(
+            bundle,
+            [float(t) * 1e3 for t in timer(*args).results],
+            cold_ms,
+            threads,
+            warmup,
+            float(self.session.get_function("edgec.device.peak_rss_mb")()),
             device=self.info.describe(),
             emulated=bool(self.info.emulated),
-            **stats,
         )
 
 

@@ -36,9 +36,9 @@ def make_runner(bundle: Bundle, threads: int = 0, profile_prefix: str | None = N
             bundle.path / m.artifacts["model"], m.backend_options, threads, profile_prefix
         )
     if m.backend == "tvm":
-        from edgec.runtime.tvm_backend import TvmRunner, host_triple
+        from edgec.runtime.tvm_backend import TvmRunner, bundle_triple, host_triple
 
-        triple = m.backend_options.get("triple", "x86_64-linux-gnu")
+        triple = bundle_triple(bundle, "this runtime")
         if triple != host_triple():
             raise BundleError(
                 f"bundle '{bundle.path}' is built for {triple}, which this {host_triple()} "

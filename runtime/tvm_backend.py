@@ -12,12 +12,24 @@ from typing import Any
 import numpy as np
 
 from edgec.errors import BundleError
+from edgec.runtime.bundle import Bundle
 
 
 def host_triple() -> str:
     """The triple this process runs on, as the TVM targets name it."""
     machine = platform.machine()
     return {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}.get(machine, machine)
+
+
+def bundle_triple(bundle: Bundle, use: str) -> str:
+    """The triple a TVM bundle's library is built for; BundleError if it is not a TVM bundle."""
+    m = bundle.manifest
+    if m.backend != "tvm":
+        raise BundleError(
+            f"bundle '{bundle.path}' uses the {m.backend} back end; {use} takes TVM bundles "
+            "(compile with --target x86_64 or arm64)"
+        )
+    return str(m.backend_options.get("triple", "x86_64-linux-gnu"))
 
 
 class TvmRunner:

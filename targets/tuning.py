@@ -285,17 +285,20 @@ def schedule(
             f"this host ({measure_target['mtriple']}, {measure_target['mcpu']}); applied to "
             f"{target['mtriple']} by workload, not measured on the device"
         )
-    _quiet_metaschedule()
-    builder = ms.builder.LocalBuilder(f_build=_build_without_tensor_intrin, timeout_sec=300.0)
-    runner: Any = ms.runner.LocalRunner(timeout_sec=120.0)
-    if on_device and missing:
-        builder, runner, where = _device_tools(device)
-        info["records_measured_on"] = where + (
-            " (emulated timings: no guide to a real device's best schedules)"
-            if "emulated" in where
-            else ""
-        )
     if (trials or seconds) and missing:
+        _quiet_metaschedule()
+        if on_device:
+            builder, runner, where = _device_tools(device)
+            info["records_measured_on"] = where + (
+                " (emulated timings: no guide to a real device's best schedules)"
+                if "emulated" in where
+                else ""
+            )
+        else:  # (a LocalBuilder starts a worker process to check itself: only when tuning)
+            builder = ms.builder.LocalBuilder(
+                f_build=_build_without_tensor_intrin, timeout_sec=300.0
+            )
+            runner = ms.runner.LocalRunner(timeout_sec=120.0)
         per_task = max(1, trials // len(missing)) if trials else DEFAULT_TRIALS_PER_TASK
         total = per_task * len(missing)
         if trials and trials < len(missing):
