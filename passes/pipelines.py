@@ -9,6 +9,9 @@ from collections.abc import Callable
 
 from edgec.errors import TargetError
 from edgec.passes.base import FixedPoint, Step
+from edgec.passes.binarize_embedding import BinarizeEmbedding
+from edgec.passes.binarize_linear import BinarizeLinear
+from edgec.passes.binarize_matmul import BinarizeMatmul
 from edgec.passes.cleanup import (
     DeduplicateInitializers,
     DropIdentityNodes,
@@ -57,10 +60,17 @@ def reparameterize() -> FixedPoint:
     )
 
 
+def binarize() -> list[Step]:
+    """Binarized computation -> ai.edgec bit-packed ops (linear layers before activation
+    products, so that a weight's codes are never taken for a run-time operand)."""
+    return [BinarizeLinear(), BinarizeEmbedding(), BinarizeMatmul(), cleanup()]
+
+
 def cpu() -> list[Step]:
     return [
         cleanup(),
         reparameterize(),
+        *binarize(),
         # after folding, so that folded results are lifted too
         LiftConstants(),
         DeduplicateInitializers(),

@@ -1,0 +1,160 @@
+"""binarize_linear: a linear layer whose weight takes two values +-s_n per output channel and
+whose input is binarized becomes one `ai.edgec::BinaryLinear` with the weight packed 1 bit
+each.
+
+    (c(x) @ (s * C)) * a + b  =  BinaryLinear(x, pack(C > 0), scale = s * a, bias = b)
+
+with C in {-1, +1}^(K x N), s per channel or per tensor (usually 1: the exporters keep the
+codes and apply the scale after the product), a and b the constant Mul and Add that follow.
+The input's binarization (sign with an offset, or the {0, 1} clamp-round form, see
+`binary_codes`) is fused in, its offset too. With s = 1 this is the model's arithmetic
+exactly: an integer sum of +-1, then the same multiply and add.
+
+A Gemm (alpha, beta, C, transB) is read the same way.
+
+Left alone: weights with more than two values in a channel, or two values that are not
++-s (an offset weight), inputs that are not binarized (weight-only binarization is not a
+bit operation), MatMuls with a constant A, Gemm with transA.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from edgec.passes._ir import bypass, initializer, is_op, live_nodes, only_consumer
+from edgec.passes.base import EdgecPass
+from edgec.passes.binary_codes import ActivationCode, ConstantEvaluator, activation_code, replay
+from edgec.passes.binary_ops import DOMAIN, ensure_function, pack_bits
+
+
+def two_level(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(codes > 0 as bool (N, K), s (N,)) when every row of w (N, K) is +-s_n, s_n > 0."""
+    s = np.abs(w).max(axis=1)
+    if not np.all(s > 0) or not np.all(np.abs(w) == s[:, None]):
+        return None
+    return w > 0, s.astype(np.float32)
+
+
+def _channel_const(array: np.ndarray | None, n: int) -> np.ndarray | None:
+    """A Mul/Add constant that acts per output channel: scalar, (N,), (1, .., N)."""
+    if array is None or array.size not in (1, n):
+        return None
+    if array.size == n and (array.ndim == 0 or array.shape[-1] != n):
+        return None
+    return np.broadcast_to(array.reshape(-1), (n,)).astype(np.float32)
+
+
+def _compact(scale: np.ndarray) -> np.ndarray:
+    """One scale for the tensor when every channel has the same."""
+    return scale[:1] if np.all(scale == scale[0]) else scale
+
+
+class BinarizeLinear(EdgecPass):
+    name = "binarize_linear"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers: list[dict[str, object]] = []
+
+    def rewrite(self, model: ir.Model) -> int:
+        evaluate = ConstantEvaluator(model)
+        count = 0
+        for node in live_nodes(model):
+            gemm = is_op(node, "Gemm")
+            if not (gemm or is_op(node, "MatMul")) or node.inputs[0] is None:
+                continue
+            if gemm and node.attributes.get_int("transA", 0):
+                continue
+            code = activation_code(node.inputs[0])
+            if code is None:
+                continue
+            w = evaluate(node.inputs[1])
+            if w is None or w.ndim != 2 or not np.issubdtype(w.dtype, np.floating):
+                continue
+            trans_b = gemm and node.attributes.get_int("transB", 0)
+            levels = two_level(w if trans_b else w.T)
+            if levels is None:
+                continue
+            bias = None
+            if gemm:
+                c = evaluate(node.inputs[2]) if len(node.inputs) > 2 else None
+                if len(node.inputs) > 2 and node.inputs[2] is not None and c is None:
+                    continue
+                n = levels[0].shape[0]
+                bias = _channel_const(c, n)
+                if c is not None and bias is None:
+                    continue
+                alpha = node.attributes.get_float("alpha", 1.0)
+                levels = (levels[0], (levels[1] * np.float32(alpha)).astype(np.float32))
+                if bias is not None:
+                    bias = (bias * np.float32(node.attributes.get_float("beta", 1.0))).astype(
+                        np.float32
+                    )
+            self._replace(model, node, code, *levels, evaluate, bias)
+            count += 1
+        return count
+
+    def _replace(
+        self,
+        model: ir.Model,
+        matmul: ir.Node,
+        code: ActivationCode,
+        bits: np.ndarray,
+        scale: np.ndarray,
+        evaluate: ConstantEvaluator,
+        gemm_bias: np.ndarray | None,
+    ) -> None:
+        n, k = bits.shape
+        bias = np.zeros(n, np.float32) if gemm_bias is None else gemm_bias
+        last = matmul
+        chain = [matmul]
+        mul = only_consumer(matmul.outputs[0]) if gemm_bias is None else None
+        if is_op(mul, "Mul") and mul is not None:
+            other = mul.inputs[1] if mul.inputs[0] is matmul.outputs[0] else mul.inputs[0]
+            a = _channel_const(evaluate(other), n)
+            if a is not None:
+                scale = (scale * a).astype(np.float32)  # exact when s = 1, as exported
+                last = mul
+                chain.append(mul)
+        add = only_consumer(last.outputs[0]) if gemm_bias is None else None
+        if is_op(add, "Add") and add is not None:
+            other = add.inputs[1] if add.inputs[0] is last.outputs[0] else add.inputs[0]
+            b = _channel_const(evaluate(other), n)
+            if b is not None:
+                bias, last = b, add
+                chain.append(add)
+        graph = model.graph
+        fuse = code.offset is not None and not code.movement
+        x = replay(code, matmul, fuse_offset=fuse)
+        offset = np.zeros(k, np.float32)
+        if fuse:
+            assert code.offset is not None
+            offset = np.broadcast_to(code.offset, (k,)).astype(np.float32)
+        hint = (matmul.name or "linear").split("/")[0]
+        node = ir.Node(
+            DOMAIN,
+            "BinaryLinear",
+            [
+                x,
+                initializer(graph, pack_bits(bits), f"{hint}.weight_bits"),
+                initializer(graph, _compact(scale), f"{hint}.scale"),
+                initializer(graph, bias, f"{hint}.bias"),
+                initializer(graph, offset, f"{hint}.offset"),
+            ],
+            attributes=[
+                ir.AttrInt64("in_features", k),
+                ir.AttrFloat32("step", code.step),
+                ir.AttrFloat32("threshold", code.threshold),
+                ir.AttrFloat32("low", code.low),
+            ],
+            name=f"{hint}/binary_linear",
+        )
+        graph.insert_before(matmul, node)
+        node.outputs[0].shape = last.outputs[0].shape
+        node.outputs[0].dtype = ir.DataType.FLOAT
+        ensure_function(model, "BinaryLinear")
+        self.layers.append({"name": hint, "in_features": k, "out_features": n})
+        bypass(last, node.outputs[0])
+        for dead in reversed(chain[:-1]):
+            graph.remove(dead, safe=True)

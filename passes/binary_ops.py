@@ -1,0 +1,185 @@
+"""edgec's binary operators (domain `ai.edgec`): their meaning as ONNX functions, and the
+bit layout they share.
+
+Every op carries an ONNX function body in standard ops, added to the model as a model-local
+function: onnxruntime runs the body (so every bundle keeps its own reference), and the TVM
+targets lower the op to XNOR/AND-popcount kernels instead (`edgec.targets.binary_kernels`).
+
+Codes. An activation x becomes a code c(x) in {low, +1} (low = -1 for sign binarization,
+0 for the {0, 1} form):
+
+    bit(x)  = ((x + offset) / step) >= threshold
+    c(x)    = +1 if bit(x) else low
+
+which covers BiT's sign(x + move) (step 1, threshold 0, low -1), its clamp(round((x + move) /
+alpha), 0, 1) (threshold = the float after 0.5, since round(0.5) = 0 rounds half to even,
+low 0), BiViT's sign(x) and any {0, 1} tensor (threshold 0.5, low 0). Weights are +-1 codes
+times a scale per output channel (or one per tensor).
+
+Packing. Bits go into uint64 words along the reduction axis K: KW = ceil(K / 64) words, bit b
+of word w holds element b * KW + w (so packing 64 consecutive words is 64 vector lanes), and
+the padding bits are 0.
+
+Ops:
+- BinaryLinear(X[..., K], W[N, KW] uint64, scale[N] or [1], bias[N], offset[K])
+  <in_features = K, step, threshold, low> = (c(X) @ c(W)^T) * scale + bias, c(W) in {-1, +1}.
+- BinaryMatMul(A[..., M, K], B[..., K, N]) <a_step, a_threshold, a_low, b_step, b_threshold,
+  b_low> = c_a(A) @ c_b(B): both operands binarized at run time (Q K^T, P V); an exact integer.
+- BinaryGather(W[V, KW] uint64, scale[V], ids) <dim> = c(W)[ids] * scale[ids, None]: an
+  embedding table binarized per row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+import onnx_ir as ir
+
+DOMAIN = "ai.edgec"
+OPSET = 1
+WORD_BITS = 64
+WORD_DTYPE = np.uint64
+# bit of clamp(round(y), 0, 1): round half to even makes y = 0.5 a zero, so y > 0.5, i.e.
+# y >= the next float32 after 0.5
+STEP_THRESHOLD = float(np.nextafter(np.float32(0.5), np.float32(1.0)))
+
+_SHIFTS = ", ".join(str(i) for i in range(WORD_BITS))
+
+
+def _unpack(words: str, size_attr: str, out: str) -> str:
+    """Body lines: `out` = the +-1 codes (float) of the packed `words` along the last axis."""
+    return f"""
+    {out}_ax = Constant <value_ints = [-2]> ()
+    {out}_w3 = Unsqueeze ({words}, {out}_ax)
+    {out}_sh = Constant <value = uint64[{WORD_BITS}, 1] {{{_SHIFTS}}}> ()
+    {out}_shifted = BitShift <direction = "RIGHT"> ({out}_w3, {out}_sh)
+    {out}_one = Constant <value = uint64[1] {{1}}> ()
+    {out}_bits = BitwiseAnd ({out}_shifted, {out}_one)
+    {out}_shape = Shape ({words})
+    {out}_lead = Shape <end = -1> ({words})
+    {out}_minus1 = Constant <value_ints = [-1]> ()
+    {out}_flat_shape = Concat <axis = 0> ({out}_lead, {out}_minus1)
+    {out}_flat = Reshape ({out}_bits, {out}_flat_shape)
+    {out}_k0 = Constant <value_int: int = @{size_attr}> ()
+    {out}_zero = Constant <value_ints = [0]> ()
+    {out}_k = Unsqueeze ({out}_k0, {out}_zero)
+    {out}_kept = Slice ({out}_flat, {out}_zero, {out}_k, {out}_minus1)
+    {out}_f = Cast <to = 1> ({out}_kept)
+    {out}_two = Constant <value_float = 2.0> ()
+    {out}_f1 = Constant <value_float = 1.0> ()
+    {out}_2f = Mul ({out}_f, {out}_two)
+    {out} = Sub ({out}_2f, {out}_f1)"""
+
+
+def _code(x: str, prefix: str, out: str, offset: str | None = None) -> str:
+    """Body lines: `out` = c(x) with the attributes <prefix>step, threshold, low."""
+    moved = x
+    lines = ""
+    if offset is not None:
+        moved = f"{out}_moved"
+        lines += f"\n    {moved} = Add ({x}, {offset})"
+    return (
+        lines
+        + f"""
+    {out}_step = Constant <value_float: float = @{prefix}step> ()
+    {out}_thr = Constant <value_float: float = @{prefix}threshold> ()
+    {out}_low = Constant <value_float: float = @{prefix}low> ()
+    {out}_hi = Constant <value_float = 1.0> ()
+    {out}_ratio = Div ({moved}, {out}_step)
+    {out}_bit = GreaterOrEqual ({out}_ratio, {out}_thr)
+    {out} = Where ({out}_bit, {out}_hi, {out}_low)"""
+    )
+
+
+_HEADER = f'<domain: "{DOMAIN}", opset_import: ["" : 18]>'
+
+FUNCTION_TEXT: dict[str, str] = {
+    "BinaryLinear": f"""{_HEADER}
+BinaryLinear <in_features, step, threshold, low> (X, W, scale, bias, offset) => (Y) {{
+    {_code("X", "", "xc", offset="offset")}
+    {_unpack("W", "in_features", "wc")}
+    wt = Transpose ({"wc"})
+    dot = MatMul (xc, wt)
+    scaled = Mul (dot, scale)
+    Y = Add (scaled, bias)
+}}""",
+    "BinaryMatMul": f"""{_HEADER}
+BinaryMatMul <a_step, a_threshold, a_low, b_step, b_threshold, b_low> (A, B) => (Y) {{
+    {_code("A", "a_", "ac")}
+    {_code("B", "b_", "bc")}
+    Y = MatMul (ac, bc)
+}}""",
+    "BinaryGather": f"""{_HEADER}
+BinaryGather <dim> (W, scale, ids) => (Y) {{
+    rows = Gather <axis = 0> (W, ids)
+    {_unpack("rows", "dim", "codes")}
+    s = Gather <axis = 0> (scale, ids)
+    last = Constant <value_ints = [-1]> ()
+    s1 = Unsqueeze (s, last)
+    Y = Mul (codes, s1)
+}}""",
+}
+
+
+def function_proto(op_type: str) -> onnx.FunctionProto:
+    return onnx.parser.parse_function(FUNCTION_TEXT[op_type])
+
+
+def ensure_function(model: ir.Model, op_type: str) -> None:
+    """Add the op's function body (and the domain's opset import) to the model once."""
+    model.opset_imports.setdefault(DOMAIN, OPSET)
+    model.graph.opset_imports.setdefault(DOMAIN, OPSET)
+    key = (DOMAIN, op_type, "")
+    if key not in model.functions:
+        model.functions[key] = ir.serde.deserialize_function(function_proto(op_type))
+
+
+def words(k: int) -> int:
+    return -(-k // WORD_BITS)
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """bool (..., K) -> uint64 (..., ceil(K / 64)): bit b of word w is element b * KW + w."""
+    k = bits.shape[-1]
+    kw = words(k)
+    padded = np.zeros((*bits.shape[:-1], WORD_BITS * kw), dtype=WORD_DTYPE)
+    padded[..., :k] = bits
+    planes = padded.reshape(*bits.shape[:-1], WORD_BITS, kw)
+    shifts = np.arange(WORD_BITS, dtype=WORD_DTYPE)[:, None]
+    return np.bitwise_or.reduce(planes << shifts, axis=-2)
+
+
+def unpack_bits(packed: np.ndarray, k: int) -> np.ndarray:
+    """uint64 (..., KW) -> bool (..., K), the inverse of `pack_bits`."""
+    shifts = np.arange(WORD_BITS, dtype=WORD_DTYPE)[:, None]
+    planes = (packed[..., None, :] >> shifts) & WORD_DTYPE(1)
+    return planes.reshape(*packed.shape[:-1], -1)[..., :k].astype(bool)
+
+
+def code_bits(
+    x: np.ndarray, step: float = 1.0, threshold: float = 0.0, offset: np.ndarray | None = None
+) -> np.ndarray:
+    """bit(x) of the module docstring, in float32 as every runtime computes it."""
+    moved = x if offset is None else (x + offset).astype(np.float32)
+    return (moved / np.float32(step)).astype(np.float32) >= np.float32(threshold)
+
+
+def popcount(words_: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(words_).astype(np.int64)
+
+
+def binary_dot(a: np.ndarray, b: np.ndarray, k: int, a_low: float, b_low: float) -> np.ndarray:
+    """Integer c_a . c_b^T over packed rows: a (..., M, KW), b (..., N, KW) -> (..., M, N),
+    by XNOR-popcount (both +-1) or AND-popcount (a {0, 1} side); the NumPy reference the
+    kernels must match exactly."""
+    a4 = a[..., :, None, :]
+    b4 = b[..., None, :, :]
+    if a_low == -1 and b_low == -1:
+        return k - 2 * popcount(a4 ^ b4).sum(-1)
+    both = popcount(a4 & b4).sum(-1)
+    if a_low == 0 and b_low == 0:
+        return both
+    if a_low == 0:  # c_b = 2 b - 1: sum over a's ones of c_b
+        return 2 * both - popcount(a).sum(-1)[..., :, None]
+    return 2 * both - popcount(b).sum(-1)[..., None, :]
