@@ -122,8 +122,10 @@ BinaryGather <dim> (W, scale, ids) => (Y) {{
 }
 
 
-def function_proto(op_type: str) -> onnx.FunctionProto:
-    return onnx.parser.parse_function(FUNCTION_TEXT[op_type])
+def function_proto(op_type: str, opset: int = 18) -> onnx.FunctionProto:
+    """The op's body, importing the standard domain at `opset` (its ops exist since 18)."""
+    text = FUNCTION_TEXT[op_type].replace('["" : 18]', f'["" : {max(18, opset)}]', 1)
+    return onnx.parser.parse_function(text)
 
 
 def ensure_function(model: ir.Model, op_type: str) -> None:
@@ -132,7 +134,8 @@ def ensure_function(model: ir.Model, op_type: str) -> None:
     model.graph.opset_imports.setdefault(DOMAIN, OPSET)
     key = (DOMAIN, op_type, "")
     if key not in model.functions:
-        model.functions[key] = ir.serde.deserialize_function(function_proto(op_type))
+        opset = model.opset_imports.get("", 18)
+        model.functions[key] = ir.serde.deserialize_function(function_proto(op_type, opset))
 
 
 def words(k: int) -> int:

@@ -75,10 +75,13 @@ def import_onnx(model: ir.Model) -> Any:
     from onnx_ir.passes import common
     from tvm.relax.frontend.onnx import from_onnx
 
+    from edgec.targets.binary_kernels import onnx_converters
+
     common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     proto = ir.serde.serialize_model(model)
     try:
-        return from_onnx(proto, keep_params_in_input=False)
+        with onnx_converters():
+            return from_onnx(proto, keep_params_in_input=False)
     except Exception as e:  # the importer names the op it could not convert in its message
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsupportedOpError(f"TVM's ONNX importer cannot take this model: {text}") from None
@@ -105,11 +108,13 @@ class TvmTarget:
         from tvm import relax
 
         from edgec.targets import tuning
+        from edgec.targets.binary_kernels import schedule_untuned
 
         target = self.target_dict(options)
         cc = self.export_cc()
         mod = import_onnx(model)
         mod, tuned = tuning.schedule(mod, target, options, cross=self.triple != host_triple())
+        mod = schedule_untuned(mod, target)  # binary kernels without a tuning record
         executable = relax.build(mod, target=tvm.target.Target(target))
         path = stage / "model.so"
         if cc is None:

@@ -1,0 +1,395 @@
+"""TVM kernels for edgec's binary ops (`edgec.passes.binary_ops`): XNOR/AND-popcount TensorIR.
+
+Each op becomes Relax calls of PrimFuncs built here, one per stage:
+- `edgec_pack`: floats -> uint64 words, bit b of word w = bit(x[b * KW + w]) (consecutive
+  words read consecutive floats, so the packing vectorizes); padding bits are 0.
+- `edgec_binary_dense` / `edgec_binary_batch_matmul`: per output, popcounts over the words:
+  K - 2 popcount(a ^ b) when both sides are +-1, 2 popcount(a & b) - popcount(a) when one is
+  {0, 1}, popcount(a & b) when both are; then the float epilogue (scale, bias).
+- `edgec_binary_gather`: rows of a packed table, unpacked and scaled.
+
+The weights are packed at compile time (by the pass), transposed to (KW, N) here so that the
+dense kernel reads N-consecutive words per reduction step. The PrimFuncs are opaque to Relax's
+operator fusion (so their block structure is the one the default schedules and tuning see);
+MetaSchedule tunes them like any kernel, and `default_schedule` gives those without a tuning
+record a vectorized, parallel schedule (vectorized before the reduction is decomposed).
+
+The bit decision is computed as the reference computes it: (x + offset) / step >= threshold
+in float32, no reassociation, so the integer results agree exactly with the ONNX body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from edgec.passes.binary_ops import WORD_BITS, words
+
+KERNEL_ATTR = "edgec.binary_kernel"
+OPAQUE = 8  # relax's OpPatternKind.kOpaque
+
+
+def _prim_func(tensors: list[Any], kind: str) -> Any:
+    from tvm import te
+
+    func = te.create_prim_func(tensors)
+    return func.with_attr({"op_pattern": OPAQUE, KERNEL_ATTR: kind})
+
+
+def _bit(value: Any, step: float, threshold: float, offset: Any | None) -> Any:
+    if offset is not None:
+        value = value + offset
+    if step != 1.0:
+        value = value / np.float32(step).item()
+    return value >= np.float32(threshold).item()
+
+
+def pack_func(
+    lead: list[int], k: int, step: float, threshold: float, with_offset: bool, axis_last: bool
+) -> Any:
+    """x (*lead, K) [axis_last] or (B, K, N) -> words (*lead, KW) or (B, N, KW)."""
+    import tvm
+    from tvm import te, tirx
+
+    kw = words(k)
+    shape = [*lead, k] if axis_last else [lead[0], k, lead[1]]
+    x = te.placeholder(shape, "float32", name="x")
+    offset = te.placeholder([k], "float32", name="offset") if with_offset else None
+    b = te.reduce_axis((0, WORD_BITS), name="b")
+
+    def word(*idx: Any) -> Any:
+        *outer, w = idx
+        kk = b * kw + w
+        safe = tvm.te.min(kk, k - 1) if k % WORD_BITS else kk
+        v = x[(*outer, safe)] if axis_last else x[outer[0], safe, outer[1]]
+        bit = _bit(v, step, threshold, None if offset is None else offset[safe])
+        if k % WORD_BITS:
+            bit = tirx.all(kk < k, bit)
+        one = tirx.const(1, "uint64")
+        return te.sum(tirx.Select(bit, one << b.var.astype("uint64"), tirx.const(0, "uint64")), b)
+
+    out = te.compute([*lead, kw], word, name="pack")
+    args = [x] + ([offset] if offset is not None else []) + [out]
+    return _prim_func(args, "pack")
+
+
+def _dot(a_low: float, b_low: float, k: int, pa: Any, pb: Any, idx: tuple, w: Any) -> Any:
+    from tvm import tirx
+
+    ai, bi = idx
+
+    def pc(v: Any) -> Any:
+        return tirx.popcount(v).astype("int32")
+
+    if a_low == -1 and b_low == -1:
+        return pc(pa[ai + (w,)] ^ pb[bi + (w,)])
+    return pc(pa[ai + (w,)] & pb[bi + (w,)])
+
+
+def dense_func(
+    m: int, n: int, k: int, x_low: float, with_scale: int, batch: int = 0, b_low: float = -1.0
+) -> Any:
+    """popcount product of packed a (M, KW) [or (B, M, KW)] and packed weight words.
+
+    Dense (batch 0): weights as (KW, N), out = dot * scale + bias. Batched: b (B, N, KW),
+    out = dot.
+    """
+    from tvm import te
+
+    kw = words(k)
+    w = te.reduce_axis((0, kw), name="w")
+    if batch:
+        pa = te.placeholder([batch, m, kw], "uint64", name="a")
+        pb = te.placeholder([batch, n, kw], "uint64", name="b")
+
+        def count(bb: Any, i: Any, j: Any) -> Any:
+            return te.sum(_dot(x_low, b_low, k, pa, pb, ((bb, i), (bb, j)), w), w)
+
+        c = te.compute([batch, m, n], count, name="popcount")
+        rows_a = _row_counts(pa, [batch, m], w) if x_low == 0 and b_low == -1 else None
+        rows_b = _row_counts(pb, [batch, n], w) if b_low == 0 and x_low == -1 else None
+
+        def finish(bb: Any, i: Any, j: Any) -> Any:
+            return _combine(c[bb, i, j], k, x_low, b_low, rows_a, rows_b, (bb, i), (bb, j))
+
+        out = te.compute([batch, m, n], finish, name="epilogue")
+        return _prim_func([pa, pb, out], "batch_matmul")
+    pa = te.placeholder([m, kw], "uint64", name="a")
+    wt = te.placeholder([kw, n], "uint64", name="weight")
+    scale = te.placeholder([with_scale], "float32", name="scale")
+    bias = te.placeholder([n], "float32", name="bias")
+
+    def count2(i: Any, j: Any) -> Any:
+        v = pa[i, w] & wt[w, j] if x_low == 0 else pa[i, w] ^ wt[w, j]
+        from tvm import tirx
+
+        return te.sum(tirx.popcount(v).astype("int32"), w)
+
+    c = te.compute([m, n], count2, name="popcount")
+    rows = _row_counts(pa, [m], w) if x_low == 0 else None
+
+    def finish2(i: Any, j: Any) -> Any:
+        dot = _combine(c[i, j], k, x_low, -1.0, rows, None, (i,), (j,))
+        return dot * scale[j if with_scale > 1 else 0] + bias[j]
+
+    out = te.compute([m, n], finish2, name="epilogue")
+    return _prim_func([pa, wt, scale, bias, out], "dense")
+
+
+def _row_counts(packed: Any, lead: list[int], _w: Any) -> Any:
+    from tvm import te, tirx
+
+    kw = packed.shape[-1]
+    r = te.reduce_axis((0, kw), name="r")
+    return te.compute(
+        lead,
+        lambda *i: te.sum(tirx.popcount(packed[(*i, r)]).astype("int32"), r),
+        name="rowcount",
+    )
+
+
+def _combine(
+    c: Any, k: int, a_low: float, b_low: float, rows_a: Any, rows_b: Any, ai: tuple, bi: tuple
+) -> Any:
+    """The integer dot of the codes from the popcount c (see the module docstring)."""
+    if a_low == -1 and b_low == -1:
+        dot = k - 2 * c
+    elif a_low == 0 and b_low == 0:
+        dot = c
+    elif a_low == 0:
+        dot = 2 * c - rows_a[ai]
+    else:
+        dot = 2 * c - rows_b[bi]
+    return dot.astype("float32")
+
+
+def gather_func(rows: int, dim: int, ids_shape: list[int], ids_dtype: str) -> Any:
+    from tvm import te, tirx
+
+    kw = words(dim)
+    table = te.placeholder([rows, kw], "uint64", name="table")
+    scale = te.placeholder([rows], "float32", name="scale")
+    ids = te.placeholder(ids_shape, ids_dtype, name="ids")
+
+    def value(*i: Any) -> Any:
+        *lead, d = i
+        raw = ids[tuple(lead)].astype("int64")
+        row = tirx.Select(raw < 0, raw + rows, raw)
+        word = table[row, d % kw]
+        bit = (word >> (d // kw).astype("uint64")) & tirx.const(1, "uint64")
+        code = tirx.Select(bit == tirx.const(1, "uint64"), 1.0, -1.0).astype("float32")
+        return code * scale[row]
+
+    out = te.compute([*ids_shape, dim], value, name="gather")
+    return _prim_func([table, scale, ids, out], "gather")
+
+
+# ---- default schedules -----------------------------------------------------------------
+
+
+def default_schedule(func: Any, lanes: int) -> Any:
+    """A vectorized, parallel schedule for one of the kernels above (untuned)."""
+    from tvm import s_tir
+
+    kind = str(func.attrs[KERNEL_ATTR])
+    sch = s_tir.Schedule(func)
+    if kind == "pack":
+        _schedule_pack(sch, lanes)
+    elif kind in ("dense", "batch_matmul"):
+        _schedule_dense(sch, lanes, batched=kind == "batch_matmul")
+    else:
+        block = sch.get_sblock("gather")
+        loops = sch.get_loops(block)
+        fused = sch.fuse(*loops[:-1]) if len(loops) > 1 else loops[0]
+        sch.parallel(fused)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def _schedule_pack(sch: Any, lanes: int) -> None:
+    block = sch.get_sblock("pack")
+    *outer, w, b = sch.get_loops(block)
+    extent = int(sch.get(w).extent)
+    if extent >= lanes:
+        w_o, w_i = sch.split(w, [None, lanes])
+        sch.reorder(w_o, b, w_i)
+        sch.vectorize(w_i)
+    else:
+        sch.reorder(b, w)
+        sch.vectorize(w)
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    sch.decompose_reduction(block, b)
+
+
+def _schedule_dense(sch: Any, lanes: int, batched: bool) -> None:
+    count = sch.get_sblock("popcount")
+    epilogue = sch.get_sblock("epilogue")
+    try:
+        rows = sch.get_sblock("rowcount")
+    except Exception:  # only the {0, 1} x +-1 products count a side's ones
+        rows = None
+    *lead, i, j, w = sch.get_loops(count)
+    n = int(sch.get(j).extent)
+    tile = lanes * 2 if n >= lanes * 2 else lanes
+    vector = n >= tile and n % tile == 0
+    if vector:
+        j_o, j_i = sch.split(j, [None, tile])
+        sch.reorder(*lead, i, j_o, w, j_i)
+        sch.vectorize(j_i)
+    if rows is None:
+        sch.reverse_compute_at(epilogue, j_o if vector else j)
+        if vector:
+            sch.vectorize(sch.get_loops(epilogue)[-1])
+    else:
+        r_loops = sch.get_loops(rows)
+        sch.parallel(sch.fuse(*r_loops[:-1]) if len(r_loops) > 2 else r_loops[0])
+        e_loops = sch.get_loops(epilogue)
+        sch.parallel(sch.fuse(*e_loops[:-1]) if len(e_loops) > 2 else e_loops[0])
+    outer = [*lead, i]
+    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    sch.decompose_reduction(count, w)
+
+
+def schedule_untuned(mod: Any, target: dict[str, Any]) -> Any:
+    """Give every binary kernel that has no schedule yet its default one."""
+    lanes = 8 if target.get("mtriple", "").startswith("x86_64") else 2
+    updates = {}
+    for gv, func in mod.functions.items():
+        attrs = getattr(func, "attrs", None)
+        if attrs is None or KERNEL_ATTR not in attrs or "tir.is_scheduled" in attrs:
+            continue
+        updates[gv] = default_schedule(func, lanes)
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod
+
+
+# ---- the ONNX importer's converters ------------------------------------------------------
+
+
+def _shape(expr: Any) -> list[int]:
+    return [int(d) for d in expr.ty.shape]
+
+
+def _is_const(expr: Any) -> bool:
+    import tvm
+
+    return isinstance(expr, tvm.ir.expr.Constant)
+
+
+def _const(expr: Any) -> np.ndarray:
+    if not _is_const(expr):
+        raise ValueError("a binary op's packed weights must be constants")
+    return expr.value.numpy()
+
+
+def _call(bb: Any, func: Any, name: str, args: list[Any], shape: list[int], dtype: str) -> Any:
+    from tvm import relax
+
+    gv = bb.add_func(func, name)
+    bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType(shape, dtype)))
+
+
+def _pack(bb: Any, x: Any, k: int, step: float, thr: float, offset: Any, axis_last: bool) -> Any:
+    from tvm import relax
+
+    shape = _shape(x)
+    if axis_last:
+        lead = [math.prod(shape[:-1])]
+        x2 = bb.emit(relax.op.reshape(x, [lead[0], k]))
+        out_shape = [lead[0], words(k)]
+    else:
+        batch = math.prod(shape[:-2])
+        lead = [batch, shape[-1]]
+        x2 = bb.emit(relax.op.reshape(x, [batch, k, shape[-1]]))
+        out_shape = [batch, shape[-1], words(k)]
+    func = pack_func(lead, k, step, thr, offset is not None, axis_last)
+    args = [x2] + ([offset] if offset is not None else [])
+    return _call(bb, func, "edgec_pack", args, out_shape, "uint64")
+
+
+def convert_binary_linear(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> Any:
+    from tvm import relax
+
+    x, w, scale, bias, offset = inputs[:5]
+    k = int(attr["in_features"])
+    shape = _shape(x)
+    offset_value = _const(offset) if _is_const(offset) else None
+    fused_offset = None if offset_value is not None and not offset_value.any() else offset
+    packed = _pack(
+        bb, x, k, float(attr["step"]), float(attr["threshold"]), fused_offset, axis_last=True
+    )
+    weight = np.ascontiguousarray(_const(w).T)  # (KW, N)
+    n = weight.shape[1]
+    m = math.prod(shape[:-1])
+    scale_n = int(_shape(scale)[0])
+    func = dense_func(m, n, k, float(attr["low"]), scale_n)
+    out = _call(
+        bb, func, "edgec_binary_dense", [packed, relax.const(weight), scale, bias], [m, n], "float32"
+    )
+    return bb.emit(relax.op.reshape(out, [*shape[:-1], n]))
+
+
+def convert_binary_matmul(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> Any:
+    from tvm import relax
+
+    a, b = inputs[:2]
+    sa, sb = _shape(a), _shape(b)
+    k, m, n = sa[-1], sa[-2], sb[-1]
+    batch = math.prod(sa[:-2])
+    pa = _pack(bb, a, k, float(attr["a_step"]), float(attr["a_threshold"]), None, True)
+    pb = _pack(bb, b, k, float(attr["b_step"]), float(attr["b_threshold"]), None, False)
+    pa = bb.emit(relax.op.reshape(pa, [batch, m, words(k)]))
+    func = dense_func(
+        m, n, k, float(attr["a_low"]), 0, batch=batch, b_low=float(attr["b_low"])
+    )
+    out = _call(bb, func, "edgec_binary_batch_matmul", [pa, pb], [batch, m, n], "float32")
+    return bb.emit(relax.op.reshape(out, [*sa[:-2], m, n]))
+
+
+def convert_binary_gather(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> Any:
+    table, scale, ids = inputs[:3]
+    rows = _shape(table)[0]
+    ids_shape = _shape(ids)
+    dim = int(attr["dim"])
+    func = gather_func(rows, dim, ids_shape, str(ids.ty.dtype))
+    return _call(bb, func, "edgec_binary_gather", [table, scale, ids], [*ids_shape, dim], "float32")
+
+
+CONVERTERS = {
+    "BinaryLinear": convert_binary_linear,
+    "BinaryMatMul": convert_binary_matmul,
+    "BinaryGather": convert_binary_gather,
+}
+
+
+@contextlib.contextmanager
+def onnx_converters() -> Iterator[None]:
+    """TVM's ONNX importer, taught edgec's ops (it dispatches on op_type alone)."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    original = onnx_frontend._get_convert_map
+
+    def converter_class(fn: Any) -> type:
+        class Converter(onnx_frontend.OnnxOpConverter):
+            @classmethod
+            def _impl_v1(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+                return fn(bb, list(inputs), attr)
+
+        return Converter
+
+    extra = {name: converter_class(fn) for name, fn in CONVERTERS.items()}
+
+    def patched() -> dict[str, Any]:
+        return {**original(), **extra}
+
+    onnx_frontend._get_convert_map = patched
+    try:
+        yield
+    finally:
+        onnx_frontend._get_convert_map = original
