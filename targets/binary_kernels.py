@@ -86,8 +86,8 @@ def _dot(a_low: float, b_low: float, k: int, pa: Any, pb: Any, idx: tuple, w: An
         return tirx.popcount(v).astype("int32")
 
     if a_low == -1 and b_low == -1:
-        return pc(pa[ai + (w,)] ^ pb[bi + (w,)])
-    return pc(pa[ai + (w,)] & pb[bi + (w,)])
+        return pc(pa[(*ai, w)] ^ pb[(*bi, w)])
+    return pc(pa[(*ai, w)] & pb[(*bi, w)])
 
 
 def dense_func(
@@ -330,7 +330,12 @@ def convert_binary_linear(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> A
     scale_n = int(_shape(scale)[0])
     func = dense_func(m, n, k, float(attr["low"]), scale_n)
     out = _call(
-        bb, func, "edgec_binary_dense", [packed, relax.const(weight), scale, bias], [m, n], "float32"
+        bb,
+        func,
+        "edgec_binary_dense",
+        [packed, relax.const(weight), scale, bias],
+        [m, n],
+        "float32",
     )
     return bb.emit(relax.op.reshape(out, [*shape[:-1], n]))
 
@@ -345,9 +350,7 @@ def convert_binary_matmul(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> A
     pa = _pack(bb, a, k, float(attr["a_step"]), float(attr["a_threshold"]), None, True)
     pb = _pack(bb, b, k, float(attr["b_step"]), float(attr["b_threshold"]), None, False)
     pa = bb.emit(relax.op.reshape(pa, [batch, m, words(k)]))
-    func = dense_func(
-        m, n, k, float(attr["a_low"]), 0, batch=batch, b_low=float(attr["b_low"])
-    )
+    func = dense_func(m, n, k, float(attr["a_low"]), 0, batch=batch, b_low=float(attr["b_low"]))
     out = _call(bb, func, "edgec_binary_batch_matmul", [pa, pb], [batch, m, n], "float32")
     return bb.emit(relax.op.reshape(out, [*sa[:-2], m, n]))
 

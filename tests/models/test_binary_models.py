@@ -85,7 +85,8 @@ def test_binary_bert_bundle_is_10x_smaller_than_float(tmp_path: Path) -> None:
     bundle = edgec.compile("bit_bert_tiny", output=tmp_path / "b", backend="onnxruntime")
     prepared = frontend.prepare("bit_bert_tiny")
     float_bytes = 4 * sum(
-        int(np.prod(v.const_value.shape)) for v in prepared.model.graph.initializers.values()
+        int(np.prod(v.const_value.shape))
+        for v in prepared.model.graph.initializers.values()
         if v.const_value is not None and v.const_value.dtype.is_floating_point()
     )
     size = _folder_bytes(bundle.path)

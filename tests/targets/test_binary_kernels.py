@@ -8,12 +8,12 @@ import pytest
 
 pytest.importorskip("tvm")
 
-import tvm  # noqa: E402
-from tvm import relax  # noqa: E402
+import tvm
+from tvm import relax
 
-from edgec.passes import binary_ops as B  # noqa: E402
-from edgec.targets import binary_kernels as K  # noqa: E402
-from edgec.targets.tvm import host_target  # noqa: E402
+from edgec.passes import binary_ops as B
+from edgec.targets import binary_kernels as K
+from edgec.targets.tvm import host_target
 
 TARGET = host_target(None, 1)
 
@@ -118,22 +118,35 @@ def test_importer_lowers_the_ops_to_kernels() -> None:
         for a, name in [(B.pack_bits(wb), "w"), (scale, "s"), (bias, "b"), (offset, "o")]
     ]
     node = helper.make_node(
-        "BinaryLinear", ["x", "w", "s", "b", "o"], ["y"], domain=B.DOMAIN,
-        in_features=k, step=1.0, threshold=0.0, low=-1.0,
+        "BinaryLinear",
+        ["x", "w", "s", "b", "o"],
+        ["y"],
+        domain=B.DOMAIN,
+        in_features=k,
+        step=1.0,
+        threshold=0.0,
+        low=-1.0,
     )
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("x", 1, x.shape)],
-        [helper.make_tensor_value_info("y", 1, (2, 3, n))], inits,
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", 1, x.shape)],
+        [helper.make_tensor_value_info("y", 1, (2, 3, n))],
+        inits,
     )
     proto = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(B.DOMAIN, 1)],
+        graph,
+        opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(B.DOMAIN, 1)],
         functions=[B.function_proto("BinaryLinear", 20)],
     )
     import onnx_ir as ir
 
     mod = import_onnx(ir.serde.deserialize_model(proto))
-    kinds = {str(f.attrs[K.KERNEL_ATTR]) for f in mod.functions.values()
-             if getattr(f, "attrs", None) is not None and K.KERNEL_ATTR in f.attrs}
+    kinds = {
+        str(f.attrs[K.KERNEL_ATTR])
+        for f in mod.functions.values()
+        if getattr(f, "attrs", None) is not None and K.KERNEL_ATTR in f.attrs
+    }
     assert kinds == {"pack", "dense"}
     with tvm.target.Target(TARGET):
         mod = relax.get_pipeline("zero")(mod)
