@@ -30,6 +30,8 @@ import numpy as np
 from edgec.passes.binary_ops import WORD_BITS, words
 
 KERNEL_ATTR = "edgec.binary_kernel"
+ROW_BLOCK = 4  # rows of the activations that share each loaded weight vector
+ACC = "int64"  # popcount sums: vpopcntq lanes add without narrowing
 OPAQUE = 8  # relax's OpPatternKind.kOpaque
 
 
@@ -49,14 +51,16 @@ def _bit(value: Any, step: float, threshold: float, offset: Any | None) -> Any:
 
 
 def pack_func(
-    lead: list[int], k: int, step: float, threshold: float, with_offset: bool, axis_last: bool
+    shape: list[int], step: float, threshold: float, with_offset: bool, axis_last: bool
 ) -> Any:
-    """x (*lead, K) [axis_last] or (B, K, N) -> words (*lead, KW) or (B, N, KW)."""
+    """x (*lead, K) packed along K [axis_last], or x (*batch, K, N) packed along K into
+    (*batch, N, KW)."""
     import tvm
     from tvm import te, tirx
 
+    k = shape[-1] if axis_last else shape[-2]
     kw = words(k)
-    shape = [*lead, k] if axis_last else [lead[0], k, lead[1]]
+    lead = shape[:-1] if axis_last else [*shape[:-2], shape[-1]]
     x = te.placeholder(shape, "float32", name="x")
     offset = te.placeholder([k], "float32", name="offset") if with_offset else None
     b = te.reduce_axis((0, WORD_BITS), name="b")
@@ -65,7 +69,7 @@ def pack_func(
         *outer, w = idx
         kk = b * kw + w
         safe = tvm.te.min(kk, k - 1) if k % WORD_BITS else kk
-        v = x[(*outer, safe)] if axis_last else x[outer[0], safe, outer[1]]
+        v = x[(*outer, safe)] if axis_last else x[(*outer[:-1], safe, outer[-1])]
         bit = _bit(v, step, threshold, None if offset is None else offset[safe])
         if k % WORD_BITS:
             bit = tirx.all(kk < k, bit)
@@ -77,79 +81,76 @@ def pack_func(
     return _prim_func(args, "pack")
 
 
-def _dot(a_low: float, b_low: float, k: int, pa: Any, pb: Any, idx: tuple, w: Any) -> Any:
+def _popcount(v: Any) -> Any:
     from tvm import tirx
 
-    ai, bi = idx
-
-    def pc(v: Any) -> Any:
-        return tirx.popcount(v).astype("int32")
-
-    if a_low == -1 and b_low == -1:
-        return pc(pa[(*ai, w)] ^ pb[(*bi, w)])
-    return pc(pa[(*ai, w)] & pb[(*bi, w)])
+    return tirx.popcount(v).astype(ACC)
 
 
-def dense_func(
-    m: int, n: int, k: int, x_low: float, with_scale: int, batch: int = 0, b_low: float = -1.0
-) -> Any:
-    """popcount product of packed a (M, KW) [or (B, M, KW)] and packed weight words.
-
-    Dense (batch 0): weights as (KW, N), out = dot * scale + bias. Batched: b (B, N, KW),
-    out = dot.
-    """
+def dense_func(lead: list[int], n: int, k: int, x_low: float, scale_size: int) -> Any:
+    """BinaryLinear's product: packed a (*lead, KW) by the packed weight, stored (KW, N);
+    out (*lead, N) = dot * scale + bias."""
     from tvm import te
 
     kw = words(k)
     w = te.reduce_axis((0, kw), name="w")
-    if batch:
-        pa = te.placeholder([batch, m, kw], "uint64", name="a")
-        pb = te.placeholder([batch, n, kw], "uint64", name="b")
-
-        def count(bb: Any, i: Any, j: Any) -> Any:
-            return te.sum(_dot(x_low, b_low, k, pa, pb, ((bb, i), (bb, j)), w), w)
-
-        c = te.compute([batch, m, n], count, name="popcount")
-        rows_a = _row_counts(pa, [batch, m], w) if x_low == 0 and b_low == -1 else None
-        rows_b = _row_counts(pb, [batch, n], w) if b_low == 0 and x_low == -1 else None
-
-        def finish(bb: Any, i: Any, j: Any) -> Any:
-            return _combine(c[bb, i, j], k, x_low, b_low, rows_a, rows_b, (bb, i), (bb, j))
-
-        out = te.compute([batch, m, n], finish, name="epilogue")
-        return _prim_func([pa, pb, out], "batch_matmul")
-    pa = te.placeholder([m, kw], "uint64", name="a")
+    pa = te.placeholder([*lead, kw], "uint64", name="a")
     wt = te.placeholder([kw, n], "uint64", name="weight")
-    scale = te.placeholder([with_scale], "float32", name="scale")
+    scale = te.placeholder([scale_size], "float32", name="scale")
     bias = te.placeholder([n], "float32", name="bias")
 
-    def count2(i: Any, j: Any) -> Any:
-        v = pa[i, w] & wt[w, j] if x_low == 0 else pa[i, w] ^ wt[w, j]
-        from tvm import tirx
+    def count(*idx: Any) -> Any:
+        *i, j = idx
+        a = pa[(*i, w)]
+        return te.sum(_popcount(a & wt[w, j] if x_low == 0 else a ^ wt[w, j]), w)
 
-        return te.sum(tirx.popcount(v).astype("int32"), w)
+    c = te.compute([*lead, n], count, name="popcount")
+    rows = _row_counts(pa, lead) if x_low == 0 else None
 
-    c = te.compute([m, n], count2, name="popcount")
-    rows = _row_counts(pa, [m], w) if x_low == 0 else None
+    def finish(*idx: Any) -> Any:
+        *i, j = idx
+        dot = _combine(c[idx], k, x_low, -1.0, rows, None, tuple(i), ())
+        return dot * scale[j if scale_size > 1 else 0] + bias[j]
 
-    def finish2(i: Any, j: Any) -> Any:
-        dot = _combine(c[i, j], k, x_low, -1.0, rows, None, (i,), (j,))
-        return dot * scale[j if with_scale > 1 else 0] + bias[j]
-
-    out = te.compute([m, n], finish2, name="epilogue")
+    out = te.compute([*lead, n], finish, name="epilogue")
     return _prim_func([pa, wt, scale, bias, out], "dense")
 
 
-def _row_counts(packed: Any, lead: list[int], _w: Any) -> Any:
-    from tvm import te, tirx
+def batch_matmul_func(
+    batch: list[int], m: int, n: int, k: int, a_low: float, b_low: float
+) -> Any:
+    """BinaryMatMul's product: packed a (*batch, M, KW), packed b (*batch, N, KW) ->
+    (*batch, M, N) float, the exact integer dot of the codes."""
+    from tvm import te
+
+    kw = words(k)
+    w = te.reduce_axis((0, kw), name="w")
+    pa = te.placeholder([*batch, m, kw], "uint64", name="a")
+    pb = te.placeholder([*batch, n, kw], "uint64", name="b")
+
+    def count(*idx: Any) -> Any:
+        *bt, i, j = idx
+        a, b = pa[(*bt, i, w)], pb[(*bt, j, w)]
+        return te.sum(_popcount(a ^ b if a_low == -1 and b_low == -1 else a & b), w)
+
+    c = te.compute([*batch, m, n], count, name="popcount")
+    rows_a = _row_counts(pa, [*batch, m]) if a_low == 0 and b_low == -1 else None
+    rows_b = _row_counts(pb, [*batch, n]) if b_low == 0 and a_low == -1 else None
+
+    def finish(*idx: Any) -> Any:
+        *bt, i, j = idx
+        return _combine(c[idx], k, a_low, b_low, rows_a, rows_b, (*bt, i), (*bt, j))
+
+    out = te.compute([*batch, m, n], finish, name="epilogue")
+    return _prim_func([pa, pb, out], "batch_matmul")
+
+
+def _row_counts(packed: Any, lead: list[int]) -> Any:
+    from tvm import te
 
     kw = packed.shape[-1]
     r = te.reduce_axis((0, kw), name="r")
-    return te.compute(
-        lead,
-        lambda *i: te.sum(tirx.popcount(packed[(*i, r)]).astype("int32"), r),
-        name="rowcount",
-    )
+    return te.compute(lead, lambda *i: te.sum(_popcount(packed[(*i, r)]), r), name="rowcount")
 
 
 def _combine(
@@ -200,7 +201,7 @@ def default_schedule(func: Any, lanes: int) -> Any:
     if kind == "pack":
         _schedule_pack(sch, lanes)
     elif kind in ("dense", "batch_matmul"):
-        _schedule_dense(sch, lanes, batched=kind == "batch_matmul")
+        _schedule_dense(sch, lanes)
     else:
         block = sch.get_sblock("gather")
         loops = sch.get_loops(block)
@@ -225,44 +226,56 @@ def _schedule_pack(sch: Any, lanes: int) -> None:
     sch.decompose_reduction(block, b)
 
 
-def _schedule_dense(sch: Any, lanes: int, batched: bool) -> None:
+def _schedule_dense(sch: Any, lanes: int) -> None:
     count = sch.get_sblock("popcount")
     epilogue = sch.get_sblock("epilogue")
-    try:
+    rows = None
+    with contextlib.suppress(Exception):  # only the {0, 1} x +-1 products count a side's ones
         rows = sch.get_sblock("rowcount")
-    except Exception:  # only the {0, 1} x +-1 products count a side's ones
-        rows = None
+    if rows is not None:
+        r_loops = sch.get_loops(rows)
+        sch.parallel(sch.fuse(*r_loops[:-1]) if len(r_loops) > 2 else r_loops[0])
     *lead, i, j, w = sch.get_loops(count)
     n = int(sch.get(j).extent)
     tile = lanes * 2 if n >= lanes * 2 else lanes
     vector = n >= tile and n % tile == 0
+    rows_per_step = ROW_BLOCK if int(sch.get(i).extent) >= ROW_BLOCK else 1
+    i_o, i_i = sch.split(i, [None, rows_per_step])
     if vector:
         j_o, j_i = sch.split(j, [None, tile])
-        sch.reorder(*lead, i, j_o, w, j_i)
+        sch.reorder(*lead, i_o, j_o, w, i_i, j_i)  # a weight vector serves ROW_BLOCK rows
+        sch.unroll(i_i)
         sch.vectorize(j_i)
+        if int(sch.get(w).extent) <= 16:
+            sch.unroll(w)
+    else:
+        sch.reorder(*lead, i_o, j, w, i_i)
     if rows is None:
         sch.reverse_compute_at(epilogue, j_o if vector else j)
         if vector:
             sch.vectorize(sch.get_loops(epilogue)[-1])
     else:
-        r_loops = sch.get_loops(rows)
-        sch.parallel(sch.fuse(*r_loops[:-1]) if len(r_loops) > 2 else r_loops[0])
         e_loops = sch.get_loops(epilogue)
         sch.parallel(sch.fuse(*e_loops[:-1]) if len(e_loops) > 2 else e_loops[0])
-    outer = [*lead, i]
+    outer = [*lead, i_o]
     sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
     sch.decompose_reduction(count, w)
 
 
 def schedule_untuned(mod: Any, target: dict[str, Any]) -> Any:
     """Give every binary kernel that has no schedule yet its default one."""
+    from tvm import s_tir
+
     lanes = 8 if target.get("mtriple", "").startswith("x86_64") else 2
     updates = {}
     for gv, func in mod.functions.items():
         attrs = getattr(func, "attrs", None)
         if attrs is None or KERNEL_ATTR not in attrs or "tir.is_scheduled" in attrs:
             continue
-        updates[gv] = default_schedule(func, lanes)
+        try:
+            updates[gv] = default_schedule(func, lanes)
+        except s_tir.ScheduleError:  # a tuning record scheduled it (its blocks are renamed)
+            continue
     for gv, func in updates.items():
         mod[gv] = func
     return mod
@@ -295,22 +308,13 @@ def _call(bb: Any, func: Any, name: str, args: list[Any], shape: list[int], dtyp
     return bb.emit(relax.call_tir(gv, args, relax.TensorType(shape, dtype)))
 
 
-def _pack(bb: Any, x: Any, k: int, step: float, thr: float, offset: Any, axis_last: bool) -> Any:
-    from tvm import relax
-
+def _pack(bb: Any, x: Any, step: float, thr: float, offset: Any, axis_last: bool) -> Any:
     shape = _shape(x)
-    if axis_last:
-        lead = [math.prod(shape[:-1])]
-        x2 = bb.emit(relax.op.reshape(x, [lead[0], k]))
-        out_shape = [lead[0], words(k)]
-    else:
-        batch = math.prod(shape[:-2])
-        lead = [batch, shape[-1]]
-        x2 = bb.emit(relax.op.reshape(x, [batch, k, shape[-1]]))
-        out_shape = [batch, shape[-1], words(k)]
-    func = pack_func(lead, k, step, thr, offset is not None, axis_last)
-    args = [x2] + ([offset] if offset is not None else [])
-    return _call(bb, func, "edgec_pack", args, out_shape, "uint64")
+    k = shape[-1] if axis_last else shape[-2]
+    out = [*shape[:-1], words(k)] if axis_last else [*shape[:-2], shape[-1], words(k)]
+    func = pack_func(shape, step, thr, offset is not None, axis_last)
+    args = [x] + ([offset] if offset is not None else [])
+    return _call(bb, func, "edgec_pack", args, out, "uint64")
 
 
 def convert_binary_linear(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> Any:
@@ -318,41 +322,25 @@ def convert_binary_linear(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> A
 
     x, w, scale, bias, offset = inputs[:5]
     k = int(attr["in_features"])
-    shape = _shape(x)
+    lead = _shape(x)[:-1]
     offset_value = _const(offset) if _is_const(offset) else None
     fused_offset = None if offset_value is not None and not offset_value.any() else offset
-    packed = _pack(
-        bb, x, k, float(attr["step"]), float(attr["threshold"]), fused_offset, axis_last=True
-    )
-    weight = np.ascontiguousarray(_const(w).T)  # (KW, N)
-    n = weight.shape[1]
-    m = math.prod(shape[:-1])
-    scale_n = int(_shape(scale)[0])
-    func = dense_func(m, n, k, float(attr["low"]), scale_n)
-    out = _call(
-        bb,
-        func,
-        "edgec_binary_dense",
-        [packed, relax.const(weight), scale, bias],
-        [m, n],
-        "float32",
-    )
-    return bb.emit(relax.op.reshape(out, [*shape[:-1], n]))
+    packed = _pack(bb, x, float(attr["step"]), float(attr["threshold"]), fused_offset, True)
+    weight = relax.const(np.ascontiguousarray(_const(w).T))  # (KW, N)
+    n = int(weight.ty.shape[1])
+    func = dense_func(lead, n, k, float(attr["low"]), int(_shape(scale)[0]))
+    args = [packed, weight, scale, bias]
+    return _call(bb, func, "edgec_binary_dense", args, [*lead, n], "float32")
 
 
 def convert_binary_matmul(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> Any:
-    from tvm import relax
-
     a, b = inputs[:2]
     sa, sb = _shape(a), _shape(b)
     k, m, n = sa[-1], sa[-2], sb[-1]
-    batch = math.prod(sa[:-2])
-    pa = _pack(bb, a, k, float(attr["a_step"]), float(attr["a_threshold"]), None, True)
-    pb = _pack(bb, b, k, float(attr["b_step"]), float(attr["b_threshold"]), None, False)
-    pa = bb.emit(relax.op.reshape(pa, [batch, m, words(k)]))
-    func = dense_func(m, n, k, float(attr["a_low"]), 0, batch=batch, b_low=float(attr["b_low"]))
-    out = _call(bb, func, "edgec_binary_batch_matmul", [pa, pb], [batch, m, n], "float32")
-    return bb.emit(relax.op.reshape(out, [*sa[:-2], m, n]))
+    pa = _pack(bb, a, float(attr["a_step"]), float(attr["a_threshold"]), None, True)
+    pb = _pack(bb, b, float(attr["b_step"]), float(attr["b_threshold"]), None, False)
+    func = batch_matmul_func(sa[:-2], m, n, k, float(attr["a_low"]), float(attr["b_low"]))
+    return _call(bb, func, "edgec_binary_batch_matmul", [pa, pb], [*sa[:-2], m, n], "float32")
 
 
 def convert_binary_gather(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> Any:

@@ -39,7 +39,7 @@ def test_pack_matches_numpy(k: int, scheduled: bool) -> None:
     x = rng.standard_normal((5, k)).astype(np.float32)
     offset = (rng.standard_normal(k) * 0.3).astype(np.float32)
     x[0, :3] = -offset[:3]  # exact ties: x + offset == 0 must give bit 1
-    lib = _build(K.pack_func([5], k, 1.0, 0.0, True, True), scheduled)
+    lib = _build(K.pack_func([5, k], 1.0, 0.0, True, True), scheduled)
     got = _run(lib, x, offset, out=(5, B.words(k)), dtype="uint64")
     want = B.pack_bits(B.code_bits(x, offset=offset))
     np.testing.assert_array_equal(got, want)
@@ -50,7 +50,7 @@ def test_pack_step_form_and_columns() -> None:
     alpha = 0.25
     x = (rng.random((3, 70, 9)) * 0.5).astype(np.float32)
     x[0, 0, 0] = 0.125  # exactly 0.5 alpha: clamp(round(0.5)) = 0
-    lib = _build(K.pack_func([3, 9], 70, alpha, B.STEP_THRESHOLD, False, False), True)
+    lib = _build(K.pack_func([3, 70, 9], alpha, B.STEP_THRESHOLD, False, False), True)
     got = _run(lib, x, out=(3, 9, B.words(70)), dtype="uint64")
     bits = np.clip(np.round(x / np.float32(alpha)), 0, 1) > 0  # BiT's own expression
     np.testing.assert_array_equal(got, B.pack_bits(np.swapaxes(bits, 1, 2)))
@@ -66,7 +66,7 @@ def test_dense_exact(k: int, low: float, scheduled: bool) -> None:
     wb = rng.integers(0, 2, (n, k)).astype(bool)
     scale = np.ones(1, np.float32)
     bias = np.zeros(n, np.float32)
-    lib = _build(K.dense_func(m, n, k, low, 1), scheduled)
+    lib = _build(K.dense_func([m], n, k, low, 1), scheduled)
     wt = np.ascontiguousarray(B.pack_bits(wb).T)
     got = _run(lib, B.pack_bits(xb), wt, scale, bias, out=(m, n), dtype="float32")
     want = np.where(xb, 1, int(low)) @ np.where(wb, 1, -1).T  # integer codes, integer sum
@@ -81,7 +81,7 @@ def test_batch_matmul_exact(a_low: int, b_low: int, k: int) -> None:
     batch, m, n = 3, 5, 16
     ab = rng.integers(0, 2, (batch, m, k)).astype(bool)
     bb = rng.integers(0, 2, (batch, n, k)).astype(bool)
-    lib = _build(K.dense_func(m, n, k, a_low, 0, batch=batch, b_low=b_low), True)
+    lib = _build(K.batch_matmul_func([batch], m, n, k, a_low, b_low), True)
     got = _run(lib, B.pack_bits(ab), B.pack_bits(bb), out=(batch, m, n), dtype="float32")
     want = np.where(ab, 1, a_low) @ np.swapaxes(np.where(bb, 1, b_low), 1, 2)
     np.testing.assert_array_equal(got, want.astype(np.float32))
