@@ -383,3 +383,36 @@ def build_bert(name: str, num_classes: int = 2, **overrides: int) -> BitBertClas
 
 def build_bivit(num_classes: int = 1000, **overrides: int) -> BiViT:
     return BiViT(num_classes=num_classes, **overrides)
+
+
+class FloatPassthrough(nn.Module):
+    """Stands in for a binarizer in a float twin: x itself, with a step of 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def step(self) -> torch.Tensor:
+        return torch.tensor(1.0)
+
+
+def float_twin(model: nn.Module) -> nn.Module:
+    """The same geometry in float32, in place: every binary linear and embedding becomes its
+    float layer with the latent weights, every binarizer a pass-through (BiViT's attention
+    binarizer a softmax). The float model the binary one is compared with."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (BitLinear, BiViTLinear)):
+                linear = nn.Linear(child.in_features, child.out_features, child.bias is not None)
+                linear.load_state_dict(
+                    {k: v for k, v in child.state_dict().items() if k in ("weight", "bias")}
+                )
+                setattr(parent, name, linear)
+            elif isinstance(child, BitEmbedding):
+                table = nn.Embedding(child.num_embeddings, child.embedding_dim, child.padding_idx)
+                table.weight.data.copy_(child.weight.data)
+                setattr(parent, name, table)
+            elif isinstance(child, SoftmaxBinarizer):
+                setattr(parent, name, nn.Softmax(dim=-1))
+            elif isinstance(child, (ElasticBinarizer, SignBinarizer)):
+                setattr(parent, name, FloatPassthrough())
+    return model
