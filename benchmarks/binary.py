@@ -184,9 +184,7 @@ def layer_row(r: dict) -> list[str]:
     p = r["p50_ms"]
     m, k, n = r["shape"]
     t = r["tuning"]
-    schedule = (
-        f"tuned ({t['trials_ok']} trials)" if t.get("trials_ok") else "default (untuned)"
-    )
+    schedule = f"tuned ({t['trials_ok']} trials)" if t.get("trials_ok") else "default (untuned)"
     return [
         r["geometry"],
         r["layer"],

@@ -76,6 +76,7 @@ def compile(
     tune: int = 0,
     tune_time: float | None = None,
     device: str | None = None,
+    binarize: str | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> Bundle:
     """Compile `source` for `target` into a bundle folder; returns the bundle.
@@ -87,9 +88,13 @@ def compile(
     backend: for `cpu` and `x86_64`, "auto" builds both onnxruntime and TVM, checks both
       and keeps the faster one on this host; "onnxruntime" or "tvm" builds just that one.
     mcpu, tune, tune_time: the TVM targets' CPU, and MetaSchedule's trial and time budgets.
+    binarize: a regular expression of layer names (module paths); the matching Linear and 1x1
+      Conv layers are binarized after the pipeline (`edgec.passes.binarize_layers`), each
+      layer's output error on the sample inputs is reported, and the binarized model becomes
+      the reference the bundle is checked against.
     """
     from edgec import frontend
-    from edgec.graph_stats import graph_stats
+    from edgec.graph_stats import binary_summary, graph_stats
     from edgec.passes import PassManager, get_pipeline
     from edgec.passes.cleanup import InferShapes
     from edgec.targets import CompileOptions
@@ -129,6 +134,11 @@ def compile(
     manager = PassManager(get_pipeline(pipeline), verify, tolerance, prepared.inputs)
     reports = manager.run(prepared.model)
     timings["passes_s"] = time.perf_counter() - t0
+    binarization = None
+    if binarize:
+        step(f"binarizing the layers matching '{binarize}'")
+        binarization = _binarize_layers(prepared, binarize)
+        reports.append(binarization.pop("report"))
     stats_after = graph_stats(prepared.model)
     for r in reports:
         log.debug(
@@ -191,9 +201,19 @@ def compile(
         }
         if chosen.note:
             manifest.reference["note"] = chosen.note
+        if binarization is not None:
+            manifest.reference["against"] = (
+                "the binarized model in onnxruntime (ai.edgec function bodies); "
+                f"the float model's reference: {manifest.reference['against']}"
+            )
+            manifest.reference["binarization"] = binarization
         manifest.source = prepared.source
         manifest.passes = [r.to_json() for r in reports]
         manifest.stats = {"before": vars(stats_before), "after": vars(stats_after)}
+        summary = binary_summary(prepared.model)
+        if summary.layers or summary.bit_macs:
+            # the float model: every parameter of the source in float32
+            manifest.stats["binary"] = {**vars(summary), "float_bytes": 4 * stats_before.parameters}
         manifest.compile = timings
         manifest.selection = selection
         finalize_manifest(stage, manifest)
@@ -202,6 +222,49 @@ def compile(
     else:
         log.info("wrote %s (max relative error %.2e)", out, chosen.error)
     return Bundle.open(out)
+
+
+def _binarize_layers(prepared: Any, pattern: str) -> dict[str, Any]:
+    """Run `binarize_layers`; the binarized model's outputs become the reference."""
+    import re
+
+    from edgec.irutil import run_onnx
+    from edgec.passes import PassManager
+    from edgec.passes.binarize_layers import BinarizeLayers, layer_name
+    from edgec.passes.binary_ops import MIN_OPSET, supports_functions
+    from edgec.passes.cleanup import InferShapes
+
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise OptionError(f"--binarize '{pattern}' is not a regular expression: {e}") from None
+    opset = prepared.model.opset_imports.get("", 1)
+    if not supports_functions(prepared.model):
+        raise OptionError(
+            f"--binarize needs a model of opset {MIN_OPSET} or later (this one is {opset}): "
+            "the binary ops' ONNX bodies use ops of that version"
+        )
+    binarizer = BinarizeLayers(pattern, prepared.inputs)
+    reports = PassManager([binarizer, InferShapes()]).run(prepared.model)
+    if not binarizer.rewrites:
+        names = sorted(
+            {layer_name(n) for n in prepared.model.graph if n.op_type in ("MatMul", "Gemm", "Conv")}
+        )
+        raise OptionError(
+            f"--binarize '{pattern}' matches no Linear or 1x1 Conv layer with constant weights; "
+            f"layer names are like: {', '.join(names[:6]) or '(none)'}"
+        )
+    float_outputs = prepared.outputs
+    prepared.outputs = run_onnx(prepared.model, prepared.inputs)
+    errors = {k: rel_error(prepared.outputs[k], v) for k, v in float_outputs.items()}
+    for layer in binarizer.layers:
+        log.info("binarized %s: output error %.2e", layer.name, layer.max_rel_error)
+    return {
+        "pattern": pattern,
+        "layers": [layer.to_json() for layer in binarizer.layers],
+        "output_error_vs_float": max(errors.values(), default=0.0),
+        "report": reports[0],
+    }
 
 
 def _candidates(target: str, backend: str) -> list[Any]:

@@ -149,6 +149,12 @@ def cli(ctx: click.Context, verbose: int) -> None:
     metavar="HOST:PORT",
     help="Check the bundle on this device (`edgec device serve` or `emulate`) instead of here.",
 )
+@click.option(
+    "--binarize",
+    metavar="REGEX",
+    help="Binarize the Linear and 1x1 Conv layers whose names match (post-training: sign "
+    "with per-channel mean-|W| scales, calibrated input offsets); reports each layer's error.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile(
     source: str,
@@ -167,6 +173,7 @@ def compile(
     tune_time: float | None,
     threads: int,
     device: str | None,
+    binarize: str | None,
     as_json: bool,
 ) -> None:
     """Compile SOURCE for a target into a bundle folder.
@@ -198,6 +205,7 @@ def compile(
             tune_time=tune_time,
             threads=threads,
             device=device,
+            binarize=binarize,
             on_step=lambda s: status.update(s),
         )
     seconds = time.perf_counter() - start
@@ -226,11 +234,31 @@ def compile(
         )
         if m.reference.get("note"):
             out.print(f"  note: {m.reference['note']}")
+    if "binarization" in m.reference:
+        _print_binarization(m.reference["binarization"])
     tuning = m.backend_options.get("tuning")
     if tuning:
         out.print("  " + _describe_tuning(tuning))
     if m.selection:
         _print_selection(m.selection, detailed=report)
+
+
+def _print_binarization(b: dict[str, Any]) -> None:
+    table = Table(title=f"--binarize '{b['pattern']}': each layer's output error on the samples")
+    for col in ("layer", "kind", "in -> out", "max rel error"):
+        table.add_column(col, justify="right" if col != "layer" else "left")
+    for layer in b["layers"]:
+        table.add_row(
+            layer["name"],
+            layer["kind"],
+            f"{layer['in_features']} -> {layer['out_features']}",
+            f"{layer['max_rel_error']:.2e}",
+        )
+    out.print(table)
+    out.print(
+        f"  binarized model against the float model: max relative error "
+        f"{b['output_error_vs_float']:.2e} on the sample inputs"
+    )
 
 
 def _describe_tuning(t: dict[str, Any]) -> str:
@@ -506,6 +534,7 @@ def inspect(what: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
             "size_bytes": size,
             "stats": m.stats.get("after", {}),
             "stats_before_passes": m.stats.get("before", {}),
+            "stats_binary": m.stats.get("binary", {}),
             "passes": m.passes,
             "reference": m.reference,
             "backend_options": m.backend_options,
@@ -527,6 +556,20 @@ def inspect(what: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
         _json(info)
         return
     _print_inspect(info)
+
+
+def _print_binary(b: dict[str, Any], size_bytes: int | None) -> None:
+    out.print(
+        f"  binary: {b['layers']} binarized layers, {_fmt_count(b['weights'])} weights at "
+        f"{b['bits_per_weight']:.2f} bits each (scales included; float32 is 32), "
+        f"{b['bit_mac_share']:.1%} of MACs are bit operations "
+        f"({_fmt_count(b['bit_macs'])} of {_fmt_count(b['macs'])})"
+    )
+    if size_bytes:
+        out.print(
+            f"  size: bundle {size_bytes / 1e6:.1f} MB against {b['float_bytes'] / 1e6:.1f} MB "
+            f"for the float32 model ({b['float_bytes'] / size_bytes:.1f}x smaller)"
+        )
 
 
 def _print_inspect(info: dict[str, Any]) -> None:
@@ -558,6 +601,9 @@ def _print_inspect(info: dict[str, Any]) -> None:
         f"  {stats['nodes']} nodes, {_fmt_count(stats['parameters'])} parameters "
         f"({stats['parameters']:,}), {macs} MACs"
     )
+    binary = info.get("stats_binary")
+    if binary:
+        _print_binary(binary, info.get("size_bytes"))
     ops = Table(title="ops")
     ops.add_column("op")
     ops.add_column("count", justify="right")

@@ -36,6 +36,8 @@ def op_name(node: ir.Node) -> str:
 def node_macs(node: ir.Node) -> int | None:
     """MACs of one node from its shapes; 0 for ops that are not linear; None if unknown."""
     op = node.op_type
+    if node.domain not in ("", "ai.onnx", "ai.edgec"):
+        return 0
     if op == "Conv":
         out = _static(node.outputs[0].shape)
         w = _static(node.inputs[1].shape if node.inputs[1] else None)
@@ -48,6 +50,12 @@ def node_macs(node: ir.Node) -> int | None:
         if x is None or w is None:
             return None
         return math.prod(x) * math.prod(w[1:])
+    if node.domain == "ai.edgec" and op in ("BinaryLinear", "BinaryMatMul"):
+        a = _static(node.inputs[0].shape if node.inputs[0] else None)
+        out = _static(node.outputs[0].shape)
+        if a is None or out is None or not a:
+            return None
+        return math.prod(out) * a[-1]
     if op in ("Gemm", "MatMul"):
         a = _static(node.inputs[0].shape if node.inputs[0] else None)
         out = _static(node.outputs[0].shape)
@@ -99,4 +107,56 @@ def graph_stats(model: ir.Model) -> GraphStats:
         macs=macs,
         macs_complete=complete,
         ops=dict(ops.most_common()),
+    )
+
+
+@dataclass
+class BinarySummary:
+    """What binarization bought: storage of the binarized weights and the share of MACs that
+    are bit operations (XNOR/AND-popcount) rather than float multiply-adds."""
+
+    layers: int
+    weights: int  # binarized weights (linear layers and embedding tables)
+    weight_bytes: int  # their packed bits and scales, as stored
+    bits_per_weight: float
+    bit_macs: int
+    macs: int
+    bit_mac_share: float
+
+
+def _const_bytes(value: ir.Value | None) -> int:
+    if value is None or value.const_value is None:
+        return 0
+    return int(value.const_value.nbytes)
+
+
+def binary_summary(model: ir.Model) -> BinarySummary:
+    layers = weights = stored = bit_macs = 0
+    for node in model.graph:
+        if node.domain != "ai.edgec":
+            continue
+        if node.op_type == "BinaryLinear":
+            bits, scale = node.inputs[1], node.inputs[2]
+            size = node.attributes.get_int("in_features", 0)
+        elif node.op_type == "BinaryGather":
+            bits, scale = node.inputs[0], node.inputs[1]
+            size = node.attributes.get_int("dim", 0)
+        else:
+            bit_macs += node_macs(node) or 0
+            continue
+        if node.op_type == "BinaryLinear":
+            bit_macs += node_macs(node) or 0
+        rows = bits.shape[0] if bits is not None and bits.shape is not None else 0
+        layers += 1
+        weights += int(rows) * size
+        stored += _const_bytes(bits) + _const_bytes(scale)
+    macs = graph_stats(model).macs
+    return BinarySummary(
+        layers=layers,
+        weights=weights,
+        weight_bytes=stored,
+        bits_per_weight=8 * stored / weights if weights else 0.0,
+        bit_macs=bit_macs,
+        macs=macs,
+        bit_mac_share=bit_macs / macs if macs else 0.0,
     )

@@ -19,7 +19,13 @@ from edgec.passes._ir import bypass, initializer, is_op, live_nodes
 from edgec.passes.base import EdgecPass
 from edgec.passes.binarize_linear import two_level
 from edgec.passes.binary_codes import ConstantEvaluator
-from edgec.passes.binary_ops import DOMAIN, WORD_BITS, ensure_function, pack_bits
+from edgec.passes.binary_ops import (
+    DOMAIN,
+    WORD_BITS,
+    ensure_function,
+    pack_bits,
+    supports_functions,
+)
 
 
 class BinarizeEmbedding(EdgecPass):
@@ -32,6 +38,8 @@ class BinarizeEmbedding(EdgecPass):
     def rewrite(self, model: ir.Model) -> int:
         evaluate = ConstantEvaluator(model)
         count = 0
+        if not supports_functions(model):  # no body to give the ops
+            return 0
         for node in live_nodes(model):
             if not is_op(node, "Gather") or node.attributes.get_int("axis", 0) != 0:
                 continue

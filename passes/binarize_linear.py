@@ -24,8 +24,14 @@ import onnx_ir as ir
 
 from edgec.passes._ir import bypass, initializer, is_op, live_nodes, only_consumer
 from edgec.passes.base import EdgecPass
-from edgec.passes.binary_codes import ActivationCode, ConstantEvaluator, activation_code, replay
-from edgec.passes.binary_ops import DOMAIN, ensure_function, pack_bits
+from edgec.passes.binary_codes import (
+    ActivationCode,
+    ConstantEvaluator,
+    activation_code,
+    drop_dead,
+    replay,
+)
+from edgec.passes.binary_ops import DOMAIN, ensure_function, pack_bits, supports_functions
 
 
 def two_level(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -60,6 +66,8 @@ class BinarizeLinear(EdgecPass):
     def rewrite(self, model: ir.Model) -> int:
         evaluate = ConstantEvaluator(model)
         count = 0
+        if not supports_functions(model):  # no body to give the ops
+            return 0
         for node in live_nodes(model):
             gemm = is_op(node, "Gemm")
             if not (gemm or is_op(node, "MatMul")) or node.inputs[0] is None:
@@ -158,3 +166,4 @@ class BinarizeLinear(EdgecPass):
         bypass(last, node.outputs[0])
         for dead in reversed(chain[:-1]):
             graph.remove(dead, safe=True)
+        drop_dead(code)

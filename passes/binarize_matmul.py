@@ -18,8 +18,8 @@ import onnx_ir as ir
 
 from edgec.passes._ir import bypass, is_op, live_nodes
 from edgec.passes.base import EdgecPass
-from edgec.passes.binary_codes import activation_code, replay
-from edgec.passes.binary_ops import DOMAIN, ensure_function
+from edgec.passes.binary_codes import activation_code, drop_dead, replay
+from edgec.passes.binary_ops import DOMAIN, ensure_function, supports_functions
 
 
 def _static(value: ir.Value) -> list[int] | None:
@@ -33,6 +33,8 @@ class BinarizeMatmul(EdgecPass):
 
     def rewrite(self, model: ir.Model) -> int:
         count = 0
+        if not supports_functions(model):  # no body to give the ops
+            return 0
         for node in live_nodes(model):
             if not is_op(node, "MatMul") or any(i is None for i in node.inputs):
                 continue
@@ -65,5 +67,7 @@ class BinarizeMatmul(EdgecPass):
             binary.outputs[0].dtype = ir.DataType.FLOAT
             ensure_function(model, "BinaryMatMul")
             bypass(node, binary.outputs[0])
+            drop_dead(code_a)
+            drop_dead(code_b)
             count += 1
         return count

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgec.passes._ir import const, is_op
+from edgec.passes._ir import const, drop_if_orphaned, is_op, used
 from edgec.passes.binary_ops import STEP_THRESHOLD
 
 MOVEMENT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Slice", "Flatten")
@@ -153,6 +153,17 @@ def replay(code: ActivationCode, before: ir.Node, fuse_offset: bool) -> ir.Value
         copy.outputs[0].name = f"{node.outputs[0].name}__float"
         v = copy.outputs[0]
     return v
+
+
+def drop_dead(code: ActivationCode) -> None:
+    """Remove the code's nodes (movement outermost first) that nothing reads any more."""
+    for node in [*reversed(code.movement), *code.nodes]:
+        graph = node.graph
+        if graph is not None and not any(used(o) for o in node.outputs):
+            inputs = list(node.inputs)
+            graph.remove(node, safe=True)
+            for value in inputs:
+                drop_if_orphaned(value)
 
 
 def _has_subgraph(node: ir.Node) -> bool:

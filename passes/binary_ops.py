@@ -54,11 +54,12 @@ def _unpack(words: str, size_attr: str, out: str) -> str:
     {out}_w3 = Unsqueeze ({words}, {out}_ax)
     {out}_sh = Constant <value = uint64[{WORD_BITS}, 1] {{{_SHIFTS}}}> ()
     {out}_shifted = BitShift <direction = "RIGHT"> ({out}_w3, {out}_sh)
-    {out}_one = Constant <value = uint64[1] {{1}}> ()
-    {out}_bits = BitwiseAnd ({out}_shifted, {out}_one)
+    {out}_two_u = Constant <value = uint64[1] {{2}}> ()
+    {out}_bits = Mod ({out}_shifted, {out}_two_u)
     {out}_shape = Shape ({words})
-    {out}_lead = Shape <end = -1> ({words})
+    {out}_zero0 = Constant <value_ints = [0]> ()
     {out}_minus1 = Constant <value_ints = [-1]> ()
+    {out}_lead = Slice ({out}_shape, {out}_zero0, {out}_minus1)
     {out}_flat_shape = Concat <axis = 0> ({out}_lead, {out}_minus1)
     {out}_flat = Reshape ({out}_bits, {out}_flat_shape)
     {out}_k0 = Constant <value_int: int = @{size_attr}> ()
@@ -92,7 +93,8 @@ def _code(x: str, prefix: str, out: str, offset: str | None = None) -> str:
     )
 
 
-_HEADER = f'<domain: "{DOMAIN}", opset_import: ["" : 18]>'
+MIN_OPSET = 13  # the bodies' ops in their current form (Unsqueeze, Slice, Mod, BitShift)
+_HEADER = f'<domain: "{DOMAIN}", opset_import: ["" : {MIN_OPSET}]>'
 
 FUNCTION_TEXT: dict[str, str] = {
     "BinaryLinear": f"""{_HEADER}
@@ -122,10 +124,16 @@ BinaryGather <dim> (W, scale, ids) => (Y) {{
 }
 
 
-def function_proto(op_type: str, opset: int = 18) -> onnx.FunctionProto:
-    """The op's body, importing the standard domain at `opset` (its ops exist since 18)."""
-    text = FUNCTION_TEXT[op_type].replace('["" : 18]', f'["" : {max(18, opset)}]', 1)
+def function_proto(op_type: str, opset: int = MIN_OPSET) -> onnx.FunctionProto:
+    """The op's body, importing the standard domain at the model's `opset` (runtimes inline a
+    body at the model's version; its ops mean the same from MIN_OPSET on)."""
+    text = FUNCTION_TEXT[op_type].replace(f'["" : {MIN_OPSET}]', f'["" : {opset}]', 1)
     return onnx.parser.parse_function(text)
+
+
+def supports_functions(model: ir.Model) -> bool:
+    """Whether the ops' bodies can be expressed at the model's opset."""
+    return model.opset_imports.get("", 1) >= MIN_OPSET
 
 
 def ensure_function(model: ir.Model, op_type: str) -> None:
@@ -134,7 +142,7 @@ def ensure_function(model: ir.Model, op_type: str) -> None:
     model.graph.opset_imports.setdefault(DOMAIN, OPSET)
     key = (DOMAIN, op_type, "")
     if key not in model.functions:
-        opset = model.opset_imports.get("", 18)
+        opset = model.opset_imports.get("", MIN_OPSET)
         model.functions[key] = ir.serde.deserialize_function(function_proto(op_type, opset))
 
 

@@ -21,7 +21,6 @@ in float32, no reassociation, so the integer results agree exactly with the ONNX
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -116,9 +115,7 @@ def dense_func(lead: list[int], n: int, k: int, x_low: float, scale_size: int) -
     return _prim_func([pa, wt, scale, bias, out], "dense")
 
 
-def batch_matmul_func(
-    batch: list[int], m: int, n: int, k: int, a_low: float, b_low: float
-) -> Any:
+def batch_matmul_func(batch: list[int], m: int, n: int, k: int, a_low: float, b_low: float) -> Any:
     """BinaryMatMul's product: packed a (*batch, M, KW), packed b (*batch, N, KW) ->
     (*batch, M, N) float, the exact integer dot of the codes."""
     from tvm import te

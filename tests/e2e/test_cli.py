@@ -340,3 +340,43 @@ def test_compile_builtin_with_mismatched_weights(cli, tmp_path: Path) -> None:
 def test_weights_for_a_non_builtin_source(cli, onnx_file: Path, tmp_path: Path) -> None:
     r = cli("compile", onnx_file, "--weights", tmp_path / "w.pt", "-o", tmp_path / "b")
     assert r.code == 2 and "built-in models only" in one_line(r.err)
+
+
+def test_binarize_reports_layers_and_inspect_shows_bits(
+    cli, onnx_file: Path, tmp_path: Path
+) -> None:
+    before = tree_digest(onnx_file.parent)
+    out = tmp_path / "bin"
+    r = cli("compile", onnx_file, "-o", out, "--backend", "onnxruntime", "--binarize", "^fc$")
+    assert r.code == 0, r.err
+    assert "--binarize '^fc$'" in r.out and "binarized model against the float model" in r.out
+    manifest = json.loads((out / "manifest.json").read_text())
+    layers = manifest["reference"]["binarization"]["layers"]
+    assert [layer["name"] for layer in layers] == ["fc"] and layers[0]["max_rel_error"] > 0
+    assert manifest["reference"]["max_rel_error"] <= 1e-4  # against the binarized model
+    r = cli("inspect", out)
+    assert r.code == 0 and "1 binarized layers" in r.out and "bits each" in r.out
+    assert "x smaller" in r.out
+    assert tree_digest(onnx_file.parent) == before
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [("(", "not a regular expression"), ("^nothing$", "matches no Linear or 1x1 Conv")],
+)
+def test_binarize_user_errors(
+    cli, onnx_file: Path, tmp_path: Path, pattern: str, message: str
+) -> None:
+    r = cli(
+        "compile",
+        onnx_file,
+        "-o",
+        tmp_path / "b",
+        "--backend",
+        "onnxruntime",
+        "--binarize",
+        pattern,
+    )
+    assert r.code == 2
+    assert message in one_line(r.err)
+    assert not (tmp_path / "b").exists()

@@ -77,6 +77,9 @@ def test_binarized_weights_take_under_a_25th_of_float32(tmp_path: Path) -> None:
         assert (bits.nbytes + scale.nbytes) * 25 <= float_bytes, node.name
         layers += 1
     assert layers == 26
+    summary = bundle.manifest.stats["binary"]  # what `edgec inspect` shows
+    assert summary["layers"] == 26 and summary["bits_per_weight"] <= 32 / 25
+    assert 0.9 < summary["bit_mac_share"] < 1.0  # the float classifier is what is left
 
 
 def test_binary_bert_bundle_is_10x_smaller_than_float(tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ class Graph:
             epsilon=eps,
         )
 
-    def model(self, *outputs: str) -> onnx.ModelProto:
+    def model(self, *outputs: str, opset: int = 17) -> onnx.ModelProto:
         graph = helper.make_graph(
             self.nodes,
             "g",
@@ -82,7 +82,7 @@ class Graph:
             [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
             self.inits,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         model.ir_version = 8
         return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 

@@ -276,3 +276,20 @@ def test_missing_debian_packages_are_named(tmp_path: Path) -> None:
     )
     assert r.returncode == 2 and "gcc-aarch64-linux-gnu" in r.stderr
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "options"), [("bit_bert_tiny", {}), ("bivit_deit_tiny", {"depth": 4})]
+)
+def test_binary_models_on_emulated_arm64(
+    device: str, tmp_path: Path, name: str, options: dict
+) -> None:
+    """The popcount kernels cross-compiled for arm64 (NEON), checked on the device against
+    torch eager of the binary model (BiViT at 4 blocks: see tests/models/test_binary_models)."""
+    bundle = edgec.compile(
+        name, target="arm64", output=tmp_path / name, device=device, model_options=options
+    )
+    assert bundle.manifest.backend_options["triple"] == "aarch64-linux-gnu"
+    assert "ai.edgec::BinaryLinear" in bundle.manifest.stats["after"]["ops"]
+    error = bundle.manifest.reference["max_rel_error"]
+    assert error is not None and error <= 1e-4
