@@ -34,6 +34,13 @@ ACC = "int64"  # popcount sums: vpopcntq lanes add without narrowing
 OPAQUE = 8  # relax's OpPatternKind.kOpaque
 
 
+def _rule(kind: str | None) -> dict[str, str]:
+    """The block's MetaSchedule rule: edgec's design space (see `register_tuning_rules`), or
+    "None" for a block that rule schedules along with its main block."""
+    register_tuning_rules()
+    return {"schedule_rule": f"edgec_binary_{kind}" if kind else "None"}
+
+
 def _prim_func(tensors: list[Any], kind: str) -> Any:
     from tvm import te
 
@@ -75,7 +82,7 @@ def pack_func(
         one = tirx.const(1, "uint64")
         return te.sum(tirx.Select(bit, one << b.var.astype("uint64"), tirx.const(0, "uint64")), b)
 
-    out = te.compute([*lead, kw], word, name="pack")
+    out = te.compute([*lead, kw], word, name="pack", attrs=_rule("pack"))
     args = [x] + ([offset] if offset is not None else []) + [out]
     return _prim_func(args, "pack")
 
@@ -103,7 +110,7 @@ def dense_func(lead: list[int], n: int, k: int, x_low: float, scale_size: int) -
         a = pa[(*i, w)]
         return te.sum(_popcount(a & wt[w, j] if x_low == 0 else a ^ wt[w, j]), w)
 
-    c = te.compute([*lead, n], count, name="popcount")
+    c = te.compute([*lead, n], count, name="popcount", attrs=_rule("dense"))
     rows = _row_counts(pa, lead) if x_low == 0 else None
 
     def finish(*idx: Any) -> Any:
@@ -111,7 +118,7 @@ def dense_func(lead: list[int], n: int, k: int, x_low: float, scale_size: int) -
         dot = _combine(c[idx], k, x_low, -1.0, rows, None, tuple(i), ())
         return dot * scale[j if scale_size > 1 else 0] + bias[j]
 
-    out = te.compute([*lead, n], finish, name="epilogue")
+    out = te.compute([*lead, n], finish, name="epilogue", attrs=_rule(None))
     return _prim_func([pa, wt, scale, bias, out], "dense")
 
 
@@ -130,7 +137,7 @@ def batch_matmul_func(batch: list[int], m: int, n: int, k: int, a_low: float, b_
         a, b = pa[(*bt, i, w)], pb[(*bt, j, w)]
         return te.sum(_popcount(a ^ b if a_low == -1 and b_low == -1 else a & b), w)
 
-    c = te.compute([*batch, m, n], count, name="popcount")
+    c = te.compute([*batch, m, n], count, name="popcount", attrs=_rule("dense"))
     rows_a = _row_counts(pa, [*batch, m]) if a_low == 0 and b_low == -1 else None
     rows_b = _row_counts(pb, [*batch, n]) if b_low == 0 and a_low == -1 else None
 
@@ -138,7 +145,7 @@ def batch_matmul_func(batch: list[int], m: int, n: int, k: int, a_low: float, b_
         *bt, i, j = idx
         return _combine(c[idx], k, a_low, b_low, rows_a, rows_b, (*bt, i), (*bt, j))
 
-    out = te.compute([*batch, m, n], finish, name="epilogue")
+    out = te.compute([*batch, m, n], finish, name="epilogue", attrs=_rule(None))
     return _prim_func([pa, pb, out], "batch_matmul")
 
 
@@ -147,7 +154,12 @@ def _row_counts(packed: Any, lead: list[int]) -> Any:
 
     kw = packed.shape[-1]
     r = te.reduce_axis((0, kw), name="r")
-    return te.compute(lead, lambda *i: te.sum(_popcount(packed[(*i, r)]), r), name="rowcount")
+    return te.compute(
+        lead,
+        lambda *i: te.sum(_popcount(packed[(*i, r)]), r),
+        name="rowcount",
+        attrs=_rule(None),
+    )
 
 
 def _combine(
@@ -182,7 +194,7 @@ def gather_func(rows: int, dim: int, ids_shape: list[int], ids_dtype: str) -> An
         code = tirx.Select(bit == tirx.const(1, "uint64"), 1.0, -1.0).astype("float32")
         return code * scale[row]
 
-    out = te.compute([*ids_shape, dim], value, name="gather")
+    out = te.compute([*ids_shape, dim], value, name="gather", attrs=_rule("gather"))
     return _prim_func([table, scale, ids, out], "gather")
 
 
@@ -200,14 +212,11 @@ def default_schedule(func: Any, lanes: int) -> Any:
     elif kind in ("dense", "batch_matmul"):
         _schedule_dense(sch, lanes)
     else:
-        block = sch.get_sblock("gather")
-        loops = sch.get_loops(block)
-        fused = sch.fuse(*loops[:-1]) if len(loops) > 1 else loops[0]
-        sch.parallel(fused)
+        _schedule_gather(sch)
     return sch.mod["main"].with_attr("tir.is_scheduled", True)
 
 
-def _schedule_pack(sch: Any, lanes: int) -> None:
+def _schedule_pack(sch: Any, lanes: int, decompose: bool = True) -> None:
     block = sch.get_sblock("pack")
     *outer, w, b = sch.get_loops(block)
     extent = int(sch.get(w).extent)
@@ -220,10 +229,20 @@ def _schedule_pack(sch: Any, lanes: int) -> None:
         sch.vectorize(w)
     if outer:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
-    sch.decompose_reduction(block, b)
+    if decompose:  # (under tuning, MetaSchedule's postprocessor decomposes reductions)
+        sch.decompose_reduction(block, b)
 
 
-def _schedule_dense(sch: Any, lanes: int) -> None:
+def _vector_tiles(n: int, lanes: int) -> list[int]:
+    return [t for t in (lanes, 2 * lanes, 4 * lanes) if n % t == 0]
+
+
+def _schedule_dense(
+    sch: Any, lanes: int, rows_per_step: Any = None, tile: Any = None, decompose: bool = True
+) -> None:
+    """Rows of the activations blocked (`rows_per_step` share each loaded weight vector),
+    outputs vectorized `tile` wide, the word loop unrolled; the factors are fixed by default
+    or sampled by MetaSchedule (the tuning rule)."""
     count = sch.get_sblock("popcount")
     epilogue = sch.get_sblock("epilogue")
     rows = None
@@ -234,13 +253,15 @@ def _schedule_dense(sch: Any, lanes: int) -> None:
         sch.parallel(sch.fuse(*r_loops[:-1]) if len(r_loops) > 2 else r_loops[0])
     *lead, i, j, w = sch.get_loops(count)
     n = int(sch.get(j).extent)
-    tile = lanes * 2 if n >= lanes * 2 else lanes
-    vector = n >= tile and n % tile == 0
-    rows_per_step = ROW_BLOCK if int(sch.get(i).extent) >= ROW_BLOCK else 1
+    tiles = _vector_tiles(n, lanes)
+    if tile is None and tiles:
+        tile = 2 * lanes if 2 * lanes in tiles else tiles[0]
+    if rows_per_step is None:
+        rows_per_step = ROW_BLOCK if int(sch.get(i).extent) >= ROW_BLOCK else 1
     i_o, i_i = sch.split(i, [None, rows_per_step])
-    if vector:
+    if tiles:
         j_o, j_i = sch.split(j, [None, tile])
-        sch.reorder(*lead, i_o, j_o, w, i_i, j_i)  # a weight vector serves ROW_BLOCK rows
+        sch.reorder(*lead, i_o, j_o, w, i_i, j_i)  # a weight vector serves several rows
         sch.unroll(i_i)
         sch.vectorize(j_i)
         if int(sch.get(w).extent) <= 16:
@@ -248,15 +269,62 @@ def _schedule_dense(sch: Any, lanes: int) -> None:
     else:
         sch.reorder(*lead, i_o, j, w, i_i)
     if rows is None:
-        sch.reverse_compute_at(epilogue, j_o if vector else j)
-        if vector:
+        sch.reverse_compute_at(epilogue, j_o if tiles else j)
+        if tiles:
             sch.vectorize(sch.get_loops(epilogue)[-1])
     else:
         e_loops = sch.get_loops(epilogue)
         sch.parallel(sch.fuse(*e_loops[:-1]) if len(e_loops) > 2 else e_loops[0])
     outer = [*lead, i_o]
     sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
-    sch.decompose_reduction(count, w)
+    if decompose:
+        sch.decompose_reduction(count, w)
+
+
+def _schedule_gather(sch: Any) -> None:
+    loops = sch.get_loops(sch.get_sblock("gather"))
+    sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 1 else loops[0])
+
+
+_REGISTERED: list[bool] = []
+
+
+def register_tuning_rules() -> None:
+    """MetaSchedule's design space for the binary kernels (block annotation `schedule_rule`):
+    the default schedules with the row blocking and the vector width as sampled decisions, so
+    tuning searches around the default instead of from TVM's generic rules (which, measured,
+    found schedules slower than the default within 64 trials)."""
+    if _REGISTERED:
+        return
+    import tvm
+
+    for key, lanes in (("cpu", 8), ("arm_cpu", 2)):
+
+        def dense(sch: Any, _block: Any, lanes: int = lanes) -> list[Any]:
+            i = sch.get_loops(sch.get_sblock("popcount"))[-3]
+            n = int(sch.get(sch.get_loops(sch.get_sblock("popcount"))[-2]).extent)
+            # no unit factors: a unit extent changes how many loops reverse_compute_at makes,
+            # and a mutated trace would not replay
+            steps = [r for r in (2, 4, 8) if r <= int(sch.get(i).extent)] or [1]
+            rows = sch.sample_categorical(steps, [1.0 / len(steps)] * len(steps))
+            tiles = _vector_tiles(n, lanes)
+            tile = sch.sample_categorical(tiles, [1.0 / len(tiles)] * len(tiles)) if tiles else None
+            _schedule_dense(sch, lanes, rows, tile, decompose=False)
+            return [sch]
+
+        def pack(sch: Any, _block: Any, lanes: int = lanes) -> list[Any]:
+            _schedule_pack(sch, lanes, decompose=False)
+            return [sch]
+
+        def gather(sch: Any, _block: Any) -> list[Any]:
+            _schedule_gather(sch)
+            return [sch]
+
+        for name, fn in (("dense", dense), ("pack", pack), ("gather", gather)):
+            tvm.register_global_func(
+                f"s_tir.meta_schedule.{key}.edgec_binary_{name}", fn, override=True
+            )
+    _REGISTERED.append(True)
 
 
 def schedule_untuned(mod: Any, target: dict[str, Any]) -> Any:
