@@ -4,7 +4,7 @@ An activation code is a value that is c(u) for a float u (see `binary_ops`):
 - Where(GreaterOrEqual(u, t), +1, -1) or Where(..., +1, 0): sign (or step) at threshold t,
   with u = Add(x, offset) read as x and a fused offset;
 - Min(Max(Round(Div(u, alpha)), 0), 1) or Clip(Round(Div(u, alpha)), 0, 1): BiT's {0, 1}
-  form, bit = u / alpha > 0.5;
+  form, bit = u / alpha > 0.5 (alpha = 1 when the division was folded away);
 - Cast(bool -> float): any {0, 1} tensor (BiViT's softmax-aware attention), bit = x >= 0.5;
 - any of these seen through data movement (Transpose, Reshape, Squeeze, Unsqueeze, Slice,
   Flatten): c commutes with them, so the movement is replayed on u.
@@ -84,9 +84,11 @@ def _step_form(value: ir.Value) -> tuple[ir.Value, float, list[ir.Node]] | None:
         return None
     if not is_op(rnd, "Round") or rnd is None:
         return None
-    div = rnd.inputs[0].producer() if rnd.inputs[0] is not None else None
-    if not is_op(div, "Div") or div is None:
+    if rnd.inputs[0] is None:
         return None
+    div = rnd.inputs[0].producer()
+    if not is_op(div, "Div") or div is None:  # a step of 1: the division was folded away
+        return rnd.inputs[0], 1.0, [*chain, rnd]
     alpha = _scalar(div.inputs[1])
     if alpha is None or alpha <= 0 or div.inputs[0] is None:
         return None
