@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from common import plain_session, write_results  # the script's own folder
+from common import interleaved, plain_session, write_results  # the script's own folder
 
 import edgec
 from edgec import frontend, models
@@ -51,20 +50,6 @@ LAYERS = {
     ),
 }
 MODELS = ["bit_bert_base", "bivit_deit_tiny"]
-
-
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, runs: int) -> dict:
-    for fn in fns.values():
-        fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for key, fn in fns.items():
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                fn()
-                times[key].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _bound(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> Callable[[], None]:

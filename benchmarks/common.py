@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx_ir as ir
@@ -16,6 +19,22 @@ def plain_session(model: ir.Model, threads: int = 1) -> ort.InferenceSession:
     so = session_options({"graph_optimization_level": "all"}, threads)
     proto = ir.serde.serialize_model(model).SerializeToString()
     return ort.InferenceSession(proto, so, providers=["CPUExecutionProvider"])
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, runs: int) -> dict[str, float]:
+    """Median milliseconds of each function, timed in interleaved rounds (two warm-up calls
+    each first), so that the machine's noise falls on all of them alike."""
+    for fn in fns.values():
+        fn()
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                fn()
+                times[key].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def write_results(

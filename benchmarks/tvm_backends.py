@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from common import plain_session, write_results  # the script's own folder
+from common import interleaved, plain_session, write_results  # the script's own folder
 
 import edgec
 from edgec import frontend, models
@@ -56,18 +55,8 @@ def measure(name: str, trials: int, tune_time: float, rounds: int, runs: int) ->
             "edgec_ort": _runner(ort_bundle, feeds),
             "edgec_tvm": _runner(tvm_bundle, feeds),
         }
-        for fn in runners.values():
-            fn()
-            fn()
-        times: dict[str, list[float]] = {k: [] for k in runners}
-        for _ in range(rounds):
-            for key, fn in runners.items():
-                for _ in range(runs):
-                    t0 = time.perf_counter()
-                    fn()
-                    times[key].append((time.perf_counter() - t0) * 1e3)
+        p50 = interleaved(runners, rounds, runs)
         tuning = tvm_bundle.manifest.backend_options["tuning"]
-        p50 = {k: statistics.median(v) for k, v in times.items()}
         chosen = auto_bundle.manifest.backend
         return {
             "model": name,

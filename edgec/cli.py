@@ -515,7 +515,11 @@ def profile(
 )
 @click.option("--json", "as_json", is_flag=True)
 def inspect(what: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
-    """Describe a bundle folder or a source: ops, parameters, MACs, inputs/outputs, passes."""
+    """Describe a bundle folder or a source: ops, parameters, MACs, inputs/outputs, passes.
+
+    For a bundle with binarized layers: their bits of storage per weight, the share of MACs
+    that are bit operations, and the bundle's size against the float32 model.
+    """
     from edgec.runtime.bundle import MANIFEST, Bundle
 
     if (Path(what) / MANIFEST).is_file():

@@ -31,15 +31,11 @@ from edgec.passes.binary_ops import (
 class BinarizeEmbedding(EdgecPass):
     name = "binarize_embedding"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers: list[dict[str, object]] = []
-
     def rewrite(self, model: ir.Model) -> int:
-        evaluate = ConstantEvaluator(model)
-        count = 0
         if not supports_functions(model):  # no body to give the ops
             return 0
+        evaluate = ConstantEvaluator(model)
+        count = 0
         for node in live_nodes(model):
             if not is_op(node, "Gather") or node.attributes.get_int("axis", 0) != 0:
                 continue
@@ -69,7 +65,6 @@ class BinarizeEmbedding(EdgecPass):
             binary.outputs[0].shape = node.outputs[0].shape
             binary.outputs[0].dtype = ir.DataType.FLOAT
             ensure_function(model, "BinaryGather")
-            self.layers.append({"name": hint, "rows": table.shape[0], "dim": table.shape[1]})
             bypass(node, binary.outputs[0])
             count += 1
         return count

@@ -59,15 +59,11 @@ def _compact(scale: np.ndarray) -> np.ndarray:
 class BinarizeLinear(EdgecPass):
     name = "binarize_linear"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers: list[dict[str, object]] = []
-
     def rewrite(self, model: ir.Model) -> int:
-        evaluate = ConstantEvaluator(model)
-        count = 0
         if not supports_functions(model):  # no body to give the ops
             return 0
+        evaluate = ConstantEvaluator(model)
+        count = 0
         for node in live_nodes(model):
             gemm = is_op(node, "Gemm")
             if not (gemm or is_op(node, "MatMul")) or node.inputs[0] is None:
@@ -162,7 +158,6 @@ class BinarizeLinear(EdgecPass):
         node.outputs[0].shape = last.outputs[0].shape
         node.outputs[0].dtype = ir.DataType.FLOAT
         ensure_function(model, "BinaryLinear")
-        self.layers.append({"name": hint, "in_features": k, "out_features": n})
         bypass(last, node.outputs[0])
         for dead in reversed(chain[:-1]):
             graph.remove(dead, safe=True)
