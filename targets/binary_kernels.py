@@ -365,11 +365,23 @@ def _const(expr: Any) -> np.ndarray:
     return expr.value.numpy()
 
 
+# one PrimFunc per distinct kernel in a module (12 identical layers share theirs: one task to
+# tune, one function to build), keyed by structure; set while the importer runs
+_KERNELS: dict[tuple[int, int], tuple[Any, Any]] = {}
+
+
 def _call(bb: Any, func: Any, name: str, args: list[Any], shape: list[int], dtype: str) -> Any:
+    import tvm_ffi
     from tvm import relax
 
-    gv = bb.add_func(func, name)
-    bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
+    key = (id(bb), tvm_ffi.structural_hash(func))
+    same = _KERNELS.get(key)
+    if same is not None and tvm_ffi.structural_equal(same[1], func):
+        gv = same[0]
+    else:
+        gv = bb.add_func(func, name)
+        bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
+        _KERNELS[key] = (gv, func)
     return bb.emit(relax.call_tir(gv, args, relax.TensorType(shape, dtype)))
 
 
@@ -445,7 +457,9 @@ def onnx_converters() -> Iterator[None]:
         return {**original(), **extra}
 
     onnx_frontend._get_convert_map = patched
+    _KERNELS.clear()
     try:
         yield
     finally:
         onnx_frontend._get_convert_map = original
+        _KERNELS.clear()
