@@ -566,7 +566,7 @@ def _print_binary(b: dict[str, Any], size_bytes: int | None) -> None:
     out.print(
         f"  binary: {b['layers']} binarized layers, {_fmt_count(b['weights'])} weights at "
         f"{b['bits_per_weight']:.2f} bits each (scales included; float32 is 32), "
-        f"{b['bit_mac_share']:.1%} of MACs are bit operations "
+        f"{b['bit_mac_share']:.2%} of MACs are bit operations "
         f"({_fmt_count(b['bit_macs'])} of {_fmt_count(b['macs'])})"
     )
     if size_bytes:
