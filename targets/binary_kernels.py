@@ -10,9 +10,10 @@ Each op becomes Relax calls of PrimFuncs built here, one per stage:
 
 The weights are packed at compile time (by the pass), transposed to (KW, N) here so that the
 dense kernel reads N-consecutive words per reduction step. The PrimFuncs are opaque to Relax's
-operator fusion (so their block structure is the one the default schedules and tuning see);
-MetaSchedule tunes them like any kernel, and `default_schedule` gives those without a tuning
-record a vectorized, parallel schedule (vectorized before the reduction is decomposed).
+operator fusion (so their block structure is the one the default schedules and tuning see), and
+a module holds one per distinct kernel. MetaSchedule tunes them in edgec's own design space
+(`register_tuning_rules`), and `default_schedule` gives those without a tuning record a
+vectorized, parallel schedule (vectorized before the reduction is decomposed).
 
 The bit decision is computed as the reference computes it: (x + offset) / step >= threshold
 in float32, no reassociation, so the integer results agree exactly with the ONNX body.
