@@ -210,7 +210,7 @@ def compile(
         manifest.source = prepared.source
         manifest.passes = [r.to_json() for r in reports]
         manifest.stats = {"before": vars(stats_before), "after": vars(stats_after)}
-        summary = binary_summary(prepared.model)
+        summary = binary_summary(prepared.model, stats_after.macs)
         if summary.layers or summary.bit_macs:
             # the float model: every parameter of the source in float32
             manifest.stats["binary"] = {**vars(summary), "float_bytes": 4 * stats_before.parameters}
@@ -230,7 +230,8 @@ def _binarize_layers(prepared: Any, pattern: str) -> dict[str, Any]:
 
     from edgec.irutil import run_onnx
     from edgec.passes import PassManager
-    from edgec.passes.binarize_layers import BinarizeLayers, layer_name
+    from edgec.passes._ir import layer_name
+    from edgec.passes.binarize_layers import BinarizeLayers
     from edgec.passes.binary_ops import MIN_OPSET, supports_functions
     from edgec.passes.cleanup import InferShapes
 

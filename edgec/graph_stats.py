@@ -130,11 +130,13 @@ def _const_bytes(value: ir.Value | None) -> int:
     return int(value.const_value.nbytes)
 
 
-def binary_summary(model: ir.Model) -> BinarySummary:
+def binary_summary(model: ir.Model, macs: int) -> BinarySummary:
+    """The summary of `model`, whose MACs in all (`graph_stats`) are `macs`."""
     layers = weights = stored = bit_macs = 0
     for node in model.graph:
         if node.domain != "ai.edgec":
             continue
+        bit_macs += node_macs(node) or 0  # BinaryGather: none
         if node.op_type == "BinaryLinear":
             bits, scale = node.inputs[1], node.inputs[2]
             size = node.attributes.get_int("in_features", 0)
@@ -142,15 +144,11 @@ def binary_summary(model: ir.Model) -> BinarySummary:
             bits, scale = node.inputs[0], node.inputs[1]
             size = node.attributes.get_int("dim", 0)
         else:
-            bit_macs += node_macs(node) or 0
             continue
-        if node.op_type == "BinaryLinear":
-            bit_macs += node_macs(node) or 0
         rows = bits.shape[0] if bits is not None and bits.shape is not None else 0
         layers += 1
         weights += int(rows) * size
         stored += _const_bytes(bits) + _const_bytes(scale)
-    macs = graph_stats(model).macs
     return BinarySummary(
         layers=layers,
         weights=weights,

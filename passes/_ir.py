@@ -20,6 +20,11 @@ def live_nodes(model: ir.Model) -> Iterator[ir.Node]:
             yield node
 
 
+def layer_name(node: ir.Node, default: str = "") -> str:
+    """The exporter's module path of a node (`blocks.3.mlp.fc1` of `blocks.3.mlp.fc1/linear`)."""
+    return (node.name or default).split("/")[0]
+
+
 def is_op(node: ir.Node | None, *op_types: str) -> bool:
     return node is not None and node.domain in STANDARD and node.op_type in op_types
 

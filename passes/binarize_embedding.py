@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgec.passes._ir import bypass, initializer, is_op, live_nodes
+from edgec.passes._ir import bypass, initializer, is_op, layer_name, live_nodes
 from edgec.passes.base import EdgecPass
 from edgec.passes.binarize_linear import two_level
 from edgec.passes.binary_codes import ConstantEvaluator
@@ -49,7 +49,7 @@ class BinarizeEmbedding(EdgecPass):
                 continue
             bits, scale = levels
             graph = model.graph
-            hint = (node.name or "embedding").split("/")[0]
+            hint = layer_name(node, "embedding")
             binary = ir.Node(
                 DOMAIN,
                 "BinaryGather",

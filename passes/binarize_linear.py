@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgec.passes._ir import bypass, initializer, is_op, live_nodes, only_consumer
+from edgec.passes._ir import bypass, is_op, layer_name, live_nodes, only_consumer
 from edgec.passes.base import EdgecPass
 from edgec.passes.binary_codes import (
     ActivationCode,
@@ -31,7 +31,7 @@ from edgec.passes.binary_codes import (
     drop_dead,
     replay,
 )
-from edgec.passes.binary_ops import DOMAIN, ensure_function, pack_bits, supports_functions
+from edgec.passes.binary_ops import insert_binary_linear, supports_functions
 
 
 def two_level(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -135,30 +135,19 @@ class BinarizeLinear(EdgecPass):
         if fuse:
             assert code.offset is not None
             offset = np.broadcast_to(code.offset, (k,)).astype(np.float32)
-        hint = (matmul.name or "linear").split("/")[0]
-        node = ir.Node(
-            DOMAIN,
-            "BinaryLinear",
-            [
-                x,
-                initializer(graph, pack_bits(bits), f"{hint}.weight_bits"),
-                initializer(graph, _compact(scale), f"{hint}.scale"),
-                initializer(graph, bias, f"{hint}.bias"),
-                initializer(graph, offset, f"{hint}.offset"),
-            ],
-            attributes=[
-                ir.AttrInt64("in_features", k),
-                ir.AttrFloat32("step", code.step),
-                ir.AttrFloat32("threshold", code.threshold),
-                ir.AttrFloat32("low", code.low),
-            ],
-            name=f"{hint}/binary_linear",
+        out = insert_binary_linear(
+            model,
+            matmul,
+            x,
+            bits,
+            _compact(scale),
+            bias,
+            offset,
+            (code.step, code.threshold, code.low),
+            layer_name(matmul, "linear"),
         )
-        graph.insert_before(matmul, node)
-        node.outputs[0].shape = last.outputs[0].shape
-        node.outputs[0].dtype = ir.DataType.FLOAT
-        ensure_function(model, "BinaryLinear")
-        bypass(last, node.outputs[0])
+        out.shape = last.outputs[0].shape
+        bypass(last, out)
         for dead in reversed(chain[:-1]):
             graph.remove(dead, safe=True)
         drop_dead(code)

@@ -146,6 +146,47 @@ def ensure_function(model: ir.Model, op_type: str) -> None:
         model.functions[key] = ir.serde.deserialize_function(function_proto(op_type, opset))
 
 
+def insert_binary_linear(
+    model: ir.Model,
+    before: ir.Node,
+    x: ir.Value,
+    bits: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray,
+    offset: np.ndarray,
+    code: tuple[float, float, float],
+    name: str,
+) -> ir.Value:
+    """A BinaryLinear node before `before`: weight codes `bits` (N, K) packed here, the input's
+    binarization `code` = (step, threshold, low); returns its output."""
+    from edgec.passes._ir import initializer
+
+    graph = model.graph
+    step, threshold, low = code
+    node = ir.Node(
+        DOMAIN,
+        "BinaryLinear",
+        [
+            x,
+            initializer(graph, pack_bits(bits), f"{name}.weight_bits"),
+            initializer(graph, scale, f"{name}.scale"),
+            initializer(graph, bias, f"{name}.bias"),
+            initializer(graph, offset, f"{name}.offset"),
+        ],
+        attributes=[
+            ir.AttrInt64("in_features", bits.shape[1]),
+            ir.AttrFloat32("step", step),
+            ir.AttrFloat32("threshold", threshold),
+            ir.AttrFloat32("low", low),
+        ],
+        name=f"{name}/binary_linear",
+    )
+    graph.insert_before(before, node)
+    node.outputs[0].dtype = ir.DataType.FLOAT
+    ensure_function(model, "BinaryLinear")
+    return node.outputs[0]
+
+
 def words(k: int) -> int:
     return -(-k // WORD_BITS)
 
