@@ -83,7 +83,23 @@ def cli(ctx: click.Context, verbose: int) -> None:
     "input_shapes",
     multiple=True,
     metavar="NAME=DxD..[:DTYPE]",
-    help="Static input shape, e.g. x=1x3x224x224 or ids=1x128:int64. Repeatable.",
+    help="Static input shape, e.g. x=1x3x224x224, ids=1x128:int64, or n=scalar:int64 "
+    "(rank 0). Repeatable.",
+)
+@click.option(
+    "--input",
+    "input_files",
+    multiple=True,
+    metavar="NAME=FILE.npy",
+    help="A sample input's values, for the reference, --verify and timing (generated "
+    "otherwise). Repeatable.",
+)
+@click.option(
+    "--inputs",
+    "inputs_npz",
+    type=click.Path(path_type=Path),
+    metavar="FILE.npz",
+    help="Sample inputs by name, all in one .npz file.",
 )
 @click.option(
     "--dynamic-axis",
@@ -96,9 +112,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
 @click.option(
     "--tolerance",
     type=float,
-    default=1e-4,
-    show_default=True,
-    help="Max relative error (max|a-e| / max|e|) allowed per pass and for the bundle.",
+    help="Max relative error (max|a-e| / max|e|) allowed per pass and for the bundle "
+    "[1e-4 for float32 outputs, 5e-3 float16, 3e-2 bfloat16].",
 )
 @click.option(
     "--seed",
@@ -161,9 +176,11 @@ def compile(
     target: str,
     output: Path | None,
     input_shapes: tuple[str, ...],
+    input_files: tuple[str, ...],
+    inputs_npz: Path | None,
     dynamic_axes: tuple[str, ...],
     verify: bool,
-    tolerance: float,
+    tolerance: float | None,
     seed: int,
     weights: Path | None,
     report: bool,
@@ -184,8 +201,9 @@ def compile(
     """
     import edgec
 
-    if tolerance <= 0:
-        raise OptionError(f"--tolerance must be positive (got {tolerance})")
+    if tolerance is not None and not 0 < tolerance < float("inf"):
+        raise OptionError(f"--tolerance must be a positive number (got {tolerance})")
+    given = _read_inputs((*input_files, *([str(inputs_npz)] if inputs_npz else [])))
     verify = verify or report  # the report's error column needs the per-pass runs
     start = time.perf_counter()
     with err.status("compiling", spinner="dots") as status:
@@ -194,6 +212,8 @@ def compile(
             target=target,
             output=output,
             input_shapes=list(input_shapes),
+            inputs=given if isinstance(given, dict) and given else None,
+            example_inputs=tuple(given) if isinstance(given, list) and given else None,
             dynamic_axes=list(dynamic_axes),
             verify=verify,
             tolerance=tolerance,

@@ -27,6 +27,10 @@ class UnsupportedOpError(EdgecError):
     """An op in the model has no implementation on the chosen target."""
 
 
+class UnsupportedTypeError(EdgecError):
+    """A model input or output of a type edgec cannot feed or hold (a sequence, bfloat16)."""
+
+
 class InputError(EdgecError):
     """Inputs given to a model or bundle do not match its signature."""
 

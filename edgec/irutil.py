@@ -21,9 +21,40 @@ from edgec.runtime.ort_backend import session_options
 
 _PROTO_LIMIT = 1_800_000_000  # protobuf refuses to serialize 2 GiB; save external data past this
 _NOT_IMPLEMENTED = re.compile(r"implementation for (\S+?)\((\d+)\) node with name '([^']*)'")
+_NODE_FAILED = re.compile(
+    r"running (\S+) node\. Name:'([^']*)' Status Message: "
+    r"(?:\S+:\d+ )?(?:[\w:~<>]+\([^()]*\) )?(.*)",  # file:line, then a C++ signature
+    re.S,
+)
+
+
+def ort_failure(e: BaseException) -> str:
+    """onnxruntime's error as one line, naming the node and op where it has them."""
+    text = str(e).strip()
+    m = _NODE_FAILED.search(text)
+    if m:
+        op, node, why = m.groups()
+        why = why.strip().splitlines()[0] if why.strip() else "failed"
+        return f"node '{node}' ({op}) failed: {why}"
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _kind(t: ir.TypeProtocol | None) -> tuple[str, ir.TypeProtocol | None]:
+    """(kind, tensor type) of a value type, see TensorSpec."""
+    if isinstance(t, ir.OptionalType):
+        inner, elem = _kind(t.elem_type)
+        return ("optional_sequence" if inner == "sequence" else "optional"), elem
+    if isinstance(t, ir.SequenceType):
+        return "sequence", t.elem_type
+    return "tensor", t
 
 
 def value_spec(value: ir.Value) -> TensorSpec:
+    kind, elem = _kind(value.type)
+    if kind != "tensor":
+        dtype = np.dtype(elem.dtype.numpy()).name if elem is not None else "float32"
+        return TensorSpec(value.name or "", (), dtype, kind)
     shape: list[int | str] = []
     for i, d in enumerate(value.shape or []):
         if isinstance(d, int):
@@ -48,23 +79,37 @@ def output_specs(model: ir.Model) -> list[TensorSpec]:
 
 
 def random_inputs(
-    specs: list[TensorSpec], seed: int = 0, dims: dict[str, int] | None = None
+    specs: list[TensorSpec],
+    seed: int = 0,
+    dims: dict[str, int] | None = None,
+    int_ranges: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Deterministic inputs: normal floats, 0/1 integers (valid indices for any table).
+    """Deterministic inputs: normal floats, 0/1 integers and booleans, unless `int_ranges`
+    gives an input's integer range [low, high).
 
-    A dynamic axis takes its size from `dims` (by symbol), else 1.
+    A dynamic axis takes its size from `dims` (by symbol), else 1. A rank-0 spec gives a
+    rank-0 array. Float types numpy lacks (bfloat16, float8) come from ml_dtypes.
     """
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in specs:
         shape = tuple(d if isinstance(d, int) else (dims or {}).get(d, 1) for d in spec.shape)
         dtype = np.dtype(spec.dtype)
-        if np.issubdtype(dtype, np.floating):
-            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+        low, high = (int_ranges or {}).get(spec.name, (0, 2))
+        if spec.kind != "tensor":  # two items of shape (2,) for a sequence
+            item = TensorSpec(spec.name, (2,), spec.dtype)
+            one = random_inputs([item], seed + 1, int_ranges=int_ranges)[spec.name]
+            feeds[spec.name] = one if spec.kind == "optional" else [one, one + one]
+            continue
+        if np.issubdtype(dtype, np.floating) or (dtype.kind == "V" and "float" in dtype.name):
+            array = np.asarray(rng.standard_normal(shape)).astype(dtype)
         elif dtype == np.bool_:
-            feeds[spec.name] = rng.integers(0, 2, shape).astype(bool)
+            array = np.asarray(rng.integers(0, 2, shape)).astype(bool)
+        elif dtype.kind in "OUS":
+            array = np.asarray(rng.integers(low, high, shape)).astype(str).astype(object)
         else:
-            feeds[spec.name] = rng.integers(0, 2, shape).astype(dtype)
+            array = np.asarray(rng.integers(low, high, shape)).astype(dtype)
+        feeds[spec.name] = array
     return feeds
 
 
@@ -72,6 +117,7 @@ def ort_session(
     model: ir.Model | onnx.ModelProto | str | Path, optimize: bool = False, threads: int = 0
 ) -> ort.InferenceSession:
     so = session_options({"graph_optimization_level": "all" if optimize else "disable"}, threads)
+    so.log_severity_level = 4  # a failure is raised and reported once, not logged as well
     try:
         if isinstance(model, (str, Path)):
             return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])

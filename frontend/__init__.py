@@ -11,15 +11,17 @@ bundle keeps so that `edgec verify` can check it anywhere.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from edgec.errors import OptionError, SourceError
+from edgec.errors import InputError, ModelFormatError, OptionError, SourceError
 from edgec.frontend.sources import InputSpec, classify, normalize_input_shapes, parse_dynamic_axis
-from edgec.irutil import graph_inputs, input_specs, random_inputs, run_onnx
+from edgec.irutil import graph_inputs, input_specs, ort_failure, ort_session, run_onnx
+from edgec.runtime.compare import rel_error
 
 __all__ = ["Prepared", "load", "prepare"]
 
@@ -32,6 +34,9 @@ class Prepared:
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
     source: dict[str, Any] = field(default_factory=dict)
+    # onnxruntime with all its graph optimizations on the unmodified model, against the
+    # reference, per output: the noise floor below which edgec cannot tell its own error
+    noise: dict[str, float] = field(default_factory=dict)
 
 
 def load(source: Any, **options: Any) -> ir.Model:
@@ -42,6 +47,7 @@ def load(source: Any, **options: Any) -> ir.Model:
 def prepare(
     source: Any,
     *,
+    inputs: Mapping[str, Any] | None = None,
     example_inputs: tuple[Any, ...] | None = None,
     input_shapes: dict[str, Any] | list[str] | None = None,
     dynamic_axes: list[str] | list[tuple[str, int, str]] | None = None,
@@ -51,7 +57,9 @@ def prepare(
 ) -> Prepared:
     """Lower `source` to the IR.
 
-    example_inputs: tensors for a torch module (else made from `input_shapes`).
+    inputs: sample input values by name (numpy arrays): used for the reference pair, for
+      `--verify` and for timing; inputs not given are generated (`edgec.frontend.samples`).
+    example_inputs: the same, by position (tensors for a torch module's forward).
     input_shapes: {"x": (1, 3, 224, 224)} or CLI strings ["x=1x3x224x224"].
     dynamic_axes: ["x:0"], ["x:0=batch"] or [("x", 0, "batch")]; static shapes otherwise.
     model_options: keyword arguments for a built-in model (num_classes, seed, weights).
@@ -61,6 +69,8 @@ def prepare(
     kind = classify(source)
     label = os.fspath(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
 
+    if inputs is not None and example_inputs is not None:
+        raise OptionError("give sample inputs by name (inputs) or by position, not both")
     if model_options and kind != "builtin":
         raise OptionError(
             f"model options ({', '.join(model_options)}) apply to built-in models only"
@@ -72,7 +82,7 @@ def prepare(
         if isinstance(produced, tuple) and len(produced) == 2:
             produced, example_inputs = produced
         return _prepare_object(
-            produced, label, "factory", example_inputs, shapes, axes, seed, reference
+            produced, label, "factory", inputs, example_inputs, shapes, axes, seed, reference
         )
     if kind == "builtin":
         from edgec import models
@@ -83,16 +93,21 @@ def prepare(
         if None in shapes:
             shapes = {next(iter(info.inputs)): shapes[None]}
         merged.update(shapes)
-        prepared = _prepare_torch(module, label, example_inputs, merged, axes, seed, reference)
+        prepared = _prepare_torch(
+            module, label, inputs, example_inputs, merged, axes, seed, reference
+        )
         prepared.source["kind"] = "builtin"
         return prepared
-    return _prepare_object(source, label, kind, example_inputs, shapes, axes, seed, reference)
+    return _prepare_object(
+        source, label, kind, inputs, example_inputs, shapes, axes, seed, reference
+    )
 
 
 def _prepare_object(
     obj: Any,
     label: str,
     kind: str,
+    inputs: Mapping[str, Any] | None,
     example_inputs: tuple[Any, ...] | None,
     shapes: dict[str | None, InputSpec],
     axes: list[tuple[str, int, str]],
@@ -103,11 +118,17 @@ def _prepare_object(
     import torch
 
     if isinstance(obj, torch.nn.Module):
-        prepared = _prepare_torch(obj, label, example_inputs, shapes, axes, seed, reference)
+        prepared = _prepare_torch(
+            obj, label, inputs, example_inputs, shapes, axes, seed, reference
+        )
     elif isinstance(obj, torch.export.ExportedProgram):
+        if inputs is not None:
+            example_inputs = _by_position(_exported_names(obj), inputs, label)
         prepared = _prepare_exported(obj, label, example_inputs, seed, reference)
     elif isinstance(obj, (onnx.ModelProto, ir.Model)) or kind == "onnx_file":
-        prepared = _prepare_onnx(obj, label, shapes, axes, seed, reference)
+        prepared = _prepare_onnx(
+            obj, label, inputs, example_inputs, shapes, axes, seed, reference
+        )
     else:
         raise SourceError(
             f"'{label}' returned a {type(obj).__name__}; expected an nn.Module, an "
@@ -116,6 +137,37 @@ def _prepare_object(
     if kind == "factory":
         prepared.source["kind"] = "factory"
     return prepared
+
+
+def _exported_names(program: Any) -> list[str]:
+    from torch.export.graph_signature import InputKind
+
+    return [
+        s.arg.name
+        for s in program.graph_signature.input_specs
+        if s.kind == InputKind.USER_INPUT and hasattr(s.arg, "name")
+    ]
+
+
+def _by_position(names: list[str], inputs: Mapping[str, Any], label: str) -> tuple[Any, ...]:
+    """Named sample inputs -> positional arguments, in the order of `names`."""
+    unknown = [n for n in inputs if n not in names]
+    if unknown:
+        raise InputError(
+            f"input '{unknown[0]}' is not an input of {label} ({', '.join(names) or 'none'})"
+        )
+    args = []
+    for name in names:
+        if name not in inputs:
+            break  # trailing inputs keep their defaults
+        args.append(inputs[name])
+    missing = [n for n in inputs if n not in names[: len(args)]]
+    if missing:
+        raise InputError(
+            f"input '{missing[0]}' is given but an input before it "
+            f"('{names[len(args)]}') is not: give inputs in order"
+        )
+    return tuple(args)
 
 
 def _as_tensors(example_inputs: tuple[Any, ...] | Any) -> tuple[Any, ...]:
@@ -132,6 +184,7 @@ def _as_tensors(example_inputs: tuple[Any, ...] | Any) -> tuple[Any, ...]:
 def _prepare_torch(
     module: Any,
     label: str,
+    inputs: Mapping[str, Any] | None,
     example_inputs: tuple[Any, ...] | None,
     shapes: dict[str | None, InputSpec],
     axes: list[tuple[str, int, str]],
@@ -141,6 +194,8 @@ def _prepare_torch(
     from edgec.frontend import torch as torch_frontend
 
     module = module.eval()
+    if inputs is not None:
+        example_inputs = _by_position(torch_frontend.forward_input_names(module), inputs, label)
     if example_inputs is not None:
         args = _as_tensors(example_inputs)
     elif shapes:
@@ -152,6 +207,7 @@ def _prepare_torch(
     program = torch_frontend.export_program(module, args, axes, label)
     model = torch_frontend.lower_program(program, label, axes)
     return _with_torch_reference(model, module, args, label, "torch", reference)
+
 
 
 def _prepare_exported(
@@ -177,11 +233,13 @@ def _with_torch_reference(
     names = [v.name or "" for v in graph_inputs(model)]
     inputs = {n: a.detach().cpu().numpy() for n, a in zip(names, args, strict=False)}
     outputs: dict[str, np.ndarray] = {}
+    noise: dict[str, float] = {}
     if reference:
         flat = torch_frontend.run_eager(module, args)
         outputs = {v.name or "": o for v, o in zip(model.graph.outputs, flat, strict=True)}
+        noise = _noise(model, inputs, outputs)
     source = {"kind": kind, "name": label, "reference": f"torch {_torch_version()} eager"}
-    return Prepared(model, inputs, outputs, source)
+    return Prepared(model, inputs, outputs, source, noise)
 
 
 def _torch_version() -> str:
@@ -193,6 +251,8 @@ def _torch_version() -> str:
 def _prepare_onnx(
     obj: Any,
     label: str,
+    inputs: Mapping[str, Any] | None,
+    example_inputs: tuple[Any, ...] | None,
     shapes: dict[str | None, InputSpec],
     axes: list[tuple[str, int, str]],
     seed: int,
@@ -201,17 +261,76 @@ def _prepare_onnx(
     import onnxruntime
 
     from edgec.frontend import onnx as onnx_frontend
+    from edgec.frontend import samples
 
     if isinstance(obj, (str, os.PathLike)):
         model = onnx_frontend.load_file(obj)
     else:
         model = onnx_frontend.from_memory(obj, label)
     onnx_frontend.set_input_shapes(model, shapes, axes)
-    inputs = random_inputs(input_specs(model), seed)
-    outputs = run_onnx(model, inputs) if reference else {}
+    onnx_frontend.check_io_types(model, label)
+    specs = input_specs(model)
+    if example_inputs is not None:
+        if len(example_inputs) > len(specs):
+            raise InputError(
+                f"{len(example_inputs)} inputs given; {label} takes {len(specs)} "
+                f"({', '.join(s.name for s in specs)})"
+            )
+        inputs = {s.name: v for s, v in zip(specs, example_inputs, strict=False)}
+    given = samples.check_given(inputs or {}, specs)
+    feeds = {**samples.generate(model, [s for s in specs if s.name not in given], seed), **given}
+    feeds = {s.name: feeds[s.name] for s in specs}
+    outputs: dict[str, np.ndarray] = {}
+    noise: dict[str, float] = {}
+    if reference:
+        outputs = _reference_run(model, feeds, label, generated=set(feeds) - set(given))
+        noise = _noise(model, feeds, outputs)
     source = {
         "kind": "onnx",
         "name": label,
         "reference": f"onnxruntime {onnxruntime.__version__} on the unmodified model",
+        "inputs": "given" if not set(feeds) - set(given) else (
+            "generated" if not given else "partly given"
+        ),
     }
-    return Prepared(model, inputs, outputs, source)
+    return Prepared(model, feeds, outputs, source, noise)
+
+
+def _reference_run(
+    model: ir.Model, feeds: dict[str, np.ndarray], label: str, generated: set[str]
+) -> dict[str, np.ndarray]:
+    """onnxruntime on the unmodified model; a failure is the model's or its inputs' fault."""
+    from edgec.errors import EdgecError
+
+    try:
+        session = ort_session(model)
+    except EdgecError:
+        raise
+    except Exception as e:
+        raise ModelFormatError(f"onnxruntime cannot load {label}: {ort_failure(e)}") from None
+    names = [o.name for o in session.get_outputs()]
+    try:
+        results = session.run(names, feeds)
+    except Exception as e:
+        hint = (
+            f"; the inputs {', '.join(sorted(generated))} were generated: give real ones with "
+            "--input NAME=FILE.npy"
+            if generated
+            else ""
+        )
+        raise InputError(
+            f"the reference run of {label} failed: {ort_failure(e)}{hint}"
+        ) from None
+    return dict(zip(names, results, strict=True))
+
+
+def _noise(
+    model: ir.Model, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """Per output, how far onnxruntime with all its graph optimizations is from the reference
+    on the unmodified model: error edgec cannot be blamed for. Empty if that run fails."""
+    try:
+        optimized = run_onnx(model, feeds, optimize=True)
+    except Exception:
+        return {}
+    return {k: rel_error(optimized[k], v) for k, v in outputs.items() if k in optimized}

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgec.errors import ModelFormatError, OptionError, UnsupportedOpError
+from edgec.errors import ModelFormatError, OptionError, UnsupportedOpError, UnsupportedTypeError
 from edgec.frontend.sources import InputSpec
 
 # Domains whose ops some back end implements outside the ONNX standard.
@@ -49,6 +50,7 @@ def load_file(path: str | os.PathLike[str]) -> ir.Model:
     except Exception as e:
         raise ModelFormatError(f"cannot read '{p}': {_first_line(e)}") from None
     check_ops(model, str(p))
+    _legacy_dynamic_dims(model)
     return model
 
 
@@ -62,7 +64,69 @@ def from_memory(model: onnx.ModelProto | ir.Model, label: str = "model") -> ir.M
     else:  # never rewrite the caller's object
         model = ir.serde.deserialize_model(ir.serde.serialize_model(model))
     check_ops(model, label)
+    _legacy_dynamic_dims(model)
     return model
+
+
+def _legacy_dynamic_dims(model: ir.Model) -> None:
+    """`dim_value: -1`, older exporters' mark of a dynamic axis (the checker and onnxruntime
+    accept it), becomes a dynamic dimension rather than a static size of -1."""
+    for value in [*model.graph.inputs, *model.graph.outputs]:
+        if value.shape is not None and any(isinstance(d, int) and d < 0 for d in value.shape):
+            value.shape = ir.Shape(
+                [ir.SymbolicDim(None) if isinstance(d, int) and d < 0 else d for d in value.shape]
+            )
+
+
+# Element types that onnxruntime's Python API cannot take from (or give back as) numpy arrays.
+_UNFEEDABLE = {
+    name
+    for name in (
+        "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ",
+        "FLOAT8E8M0", "UINT4", "INT4", "FLOAT4E2M1", "UINT2", "INT2", "COMPLEX64", "COMPLEX128",
+    )
+    if hasattr(ir.DataType, name)
+}
+
+
+def check_io_types(model: ir.Model, label: str) -> None:
+    """Inputs and outputs must be tensors of a type numpy and onnxruntime exchange."""
+    inits = model.graph.initializers
+    values = [("input", v) for v in model.graph.inputs if v.name not in inits]
+    values += [("output", v) for v in model.graph.outputs]
+    for role, value in values:
+        if value.type is None:
+            continue
+        elem = _tensor_of(value.type)
+        if elem is None:
+            raise UnsupportedTypeError(
+                f"{role} '{value.name}' of {label} is a {_describe_type(value.type)}: edgec "
+                "compiles models whose inputs and outputs are tensors, sequences of tensors "
+                "or optional tensors"
+            )
+        if elem.dtype.name in _UNFEEDABLE:
+            raise UnsupportedTypeError(
+                f"{role} '{value.name}' of {label} has element type {elem.dtype.name.lower()}, "
+                "which onnxruntime's Python API cannot exchange as a numpy array: cast it in "
+                "the model (a Cast after the input, or before the output)"
+            )
+
+
+def _tensor_of(t: ir.TypeProtocol) -> ir.TensorType | None:
+    """The tensor type of a tensor, a sequence of tensors, an optional of either; else None."""
+    if isinstance(t, ir.OptionalType):
+        t = t.elem_type
+    if isinstance(t, ir.SequenceType):
+        t = t.elem_type
+    return t if isinstance(t, ir.TensorType) else None
+
+
+def _describe_type(t: ir.TypeProtocol) -> str:
+    if isinstance(t, ir.SequenceType):
+        return f"sequence ({t})"
+    if isinstance(t, ir.OptionalType):
+        return f"optional ({t})"
+    return f"non-tensor value ({t})"
 
 
 def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
@@ -132,6 +196,15 @@ def set_input_shapes(
             raise OptionError(
                 f"--input-shape names '{name}', which is not an input ({', '.join(inputs)})"
             )
+        if spec.dtype is not None:
+            want = ir.DataType.from_numpy(np.dtype(spec.dtype))
+            if value.dtype is not None and value.dtype != want:
+                raise OptionError(
+                    f"--input-shape gives input '{name}' the dtype {spec.dtype}; the model "
+                    f"declares {np.dtype(value.dtype.numpy()).name}"
+                )
+            if value.dtype is None:
+                value.type = ir.TensorType(want)
         old = value.shape
         if old is not None:
             if len(old) != len(spec.shape):

@@ -30,7 +30,10 @@ from edgec.errors import OptionError, SourceError
 
 Shape = tuple[int, ...]
 
-_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+_DTYPES = (
+    "float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "uint16",
+    "uint32", "uint64", "bool",
+)
 
 
 @dataclass(frozen=True)
@@ -38,21 +41,25 @@ class InputSpec:
     """A static input shape (and dtype) the user asked for, by input name."""
 
     shape: Shape
-    dtype: str = "float32"
+    dtype: str | None = None  # None: as the model declares it (float32 for a torch module)
 
 
 def parse_input_shape(text: str) -> tuple[str | None, InputSpec]:
-    """`x=1x3x224x224`, `ids=1x128:int64` or a bare `1x3x224x224` (for a single input)."""
-    m = re.fullmatch(r"(?:([A-Za-z_][\w.]*)=)?(\d+(?:x\d+)*)(?::(\w+))?", text.strip())
+    """`x=1x3x224x224`, `ids=1x128:int64`, `n=scalar:int64` (rank 0) or a bare `1x3x224x224`
+    (for a single input)."""
+    m = re.fullmatch(
+        r"(?:([A-Za-z_][\w.]*)=)?(scalar|\d+(?:x\d+)*)(?::(\w+))?", text.strip()
+    )
     if not m:
         raise OptionError(
-            f"malformed input shape '{text}': write NAME=DxDx...[:DTYPE], e.g. x=1x3x224x224"
+            f"malformed input shape '{text}': write NAME=DxDx...[:DTYPE] (or NAME=scalar), "
+            "e.g. x=1x3x224x224"
         )
     name, dims, dtype = m.groups()
-    dtype = dtype or "float32"
-    if dtype not in _DTYPES:
+    if dtype is not None and dtype not in _DTYPES:
         raise OptionError(f"input shape '{text}': unknown dtype '{dtype}' ({', '.join(_DTYPES)})")
-    return name, InputSpec(tuple(int(d) for d in dims.split("x")), dtype)
+    shape = () if dims == "scalar" else tuple(int(d) for d in dims.split("x"))
+    return name, InputSpec(shape, dtype)
 
 
 def parse_dynamic_axis(text: str) -> tuple[str, int, str]:

@@ -52,12 +52,13 @@ def example_tensors(
         if name not in specs:
             break  # trailing inputs with defaults are left to their defaults
         spec = specs[name]
-        if spec.dtype.startswith("float"):
-            arr = rng.standard_normal(spec.shape).astype(spec.dtype)
-        elif spec.dtype == "bool":
-            arr = rng.integers(0, 2, spec.shape).astype(bool)
+        dtype = spec.dtype or "float32"
+        if dtype.startswith("float"):
+            arr = np.asarray(rng.standard_normal(spec.shape)).astype(dtype)
+        elif dtype == "bool":
+            arr = np.asarray(rng.integers(0, 2, spec.shape)).astype(bool)
         else:  # indices: 0 and 1 are valid for any embedding table
-            arr = rng.integers(0, 2, spec.shape).astype(spec.dtype)
+            arr = np.asarray(rng.integers(0, 2, spec.shape)).astype(dtype)
         tensors.append(torch.from_numpy(arr))
     missing = [n for n in names[len(tensors) :] if n not in specs]
     required = [

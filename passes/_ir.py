@@ -37,6 +37,14 @@ def const(value: ir.Value | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
+def f32(value: ir.Value | None) -> np.ndarray | None:
+    """`const(value)` if it is float32, else None: the reparameterization passes compute in
+    float64 and write float32, so they take float32 layers only (a float16 or float64 model
+    is left as it is rather than given weights of another type)."""
+    array = const(value)
+    return array if array is not None and array.dtype == np.float32 else None
+
+
 def only_consumer(value: ir.Value) -> ir.Node | None:
     """The one node that reads `value` (once), if that is its only use and it is no output."""
     if value.is_graph_output():
@@ -116,15 +124,20 @@ def bypass(node: ir.Node, replacement: ir.Value) -> bool:
     return True
 
 
+def other_slot(node: ir.Node, value: ir.Value) -> int:
+    """The index of the input of a binary op that is not `value` (an Add's bias, either side)."""
+    return 1 if node.inputs[0] is value else 0
+
+
 def as_f32(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def weight_bias(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None] | None:
     """(W, b) in float64 when input 1 (and input 2, if present) are constants; b None if absent."""
-    w = const(node.inputs[1]) if len(node.inputs) > 1 else None
+    w = f32(node.inputs[1]) if len(node.inputs) > 1 else None
     has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
-    b = const(node.inputs[2]) if has_bias else None
+    b = f32(node.inputs[2]) if has_bias else None
     if w is None or (has_bias and b is None):
         return None
     return w.astype(np.float64), None if b is None else b.astype(np.float64)
@@ -167,14 +180,14 @@ def dense_params(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None, ir.Node]
         if node.attributes.get_int("transA", 0) or (c is not None and c.ndim > 1):
             return None
         return alpha * (w.T if trans_b else w), None if c is None else beta * c, node
-    if is_op(node, "MatMul"):
-        w = const(node.inputs[1])
+    if is_op(node, "MatMul") and len(node.inputs) == 2:
+        w = f32(node.inputs[1])
         if w is None or w.ndim != 2:
             return None
         nxt = only_consumer(node.outputs[0])
         if is_op(nxt, "Add") and nxt is not None:
             other = nxt.inputs[1] if nxt.inputs[0] is node.outputs[0] else nxt.inputs[0]
-            c = const(other)
+            c = f32(other)
             if c is not None and c.ndim <= 1 and c.size in (1, w.shape[1]):
                 bias = np.broadcast_to(c, (w.shape[1],)).astype(np.float64)
                 return w.astype(np.float64), bias, nxt

@@ -3,7 +3,7 @@ onnxscript optimizer. None changes what the graph computes; each counts what it 
 
 - fold_constants: a node whose inputs are all constant -> its value (onnxscript's folder,
   which also removes no-op Casts, Reshapes to the same shape and similar).
-- drop_identity_nodes: Identity(x) -> x.
+- drop_identity_nodes: Identity(x) -> x, where a graph's outputs and outer-scope values allow.
 - merge_common_subexpressions: two nodes with the same op, attributes and inputs -> one.
 - drop_unused_nodes: nodes, functions and opset imports no output depends on -> removed.
 - lift_constants: Constant nodes -> initializers (so passes find weights in one place).
@@ -13,11 +13,16 @@ onnxscript optimizer. None changes what the graph computes; each counts what it 
 
 from __future__ import annotations
 
+import logging
+
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript import optimizer
 
 from edgec.passes.base import EdgecPass
+
+log = logging.getLogger(__name__)
 
 
 def _node_count(model: ir.Model) -> int:
@@ -35,20 +40,98 @@ class _Removal(EdgecPass):
         return before - _node_count(model) - len(model.graph.initializers)
 
 
+# onnxscript's partial evaluators of these ops write Split/Unsqueeze with their opset-13
+# signature (splits and axes as inputs), whatever the model's opset.
+_OPSET13_REWRITES = {"SplitToSequence", "ConcatFromSequence"}
+
+
 class FoldConstants(EdgecPass):
+    """onnxscript's constant folder; skipped for a model below opset 13 that holds an op whose
+    folding would write opset-13 forms into it (`_OPSET13_REWRITES`)."""
+
     name = "fold_constants"
 
     def rewrite(self, model: ir.Model) -> int:
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        if opset < 13 and any(
+            n.op_type in _OPSET13_REWRITES for n in ir.traversal.RecursiveGraphIterator(model.graph)
+        ):
+            return 0
         before = _node_count(model)
-        result = optimizer.fold_constants(model, onnx_shape_inference=False)
+        try:
+            modified = optimizer.fold_constants(model, onnx_shape_inference=False).modified
+        except RuntimeError as e:
+            # An evaluator of onnxscript's failed on a node it does not handle (its own bug, as
+            # SplitToSequence with a split of known shape but unknown value). Each replacement
+            # the folder made before it is complete, so the graph stays valid: keep them.
+            log.debug("constant folding stopped early: %s (%s)", e, e.__cause__)
+            modified = True
         common.RemoveUnusedNodesPass()(model)
         removed = before - _node_count(model)
-        return removed if result.modified or removed else 0
+        return removed if modified or removed else 0
 
 
-class DropIdentityNodes(_Removal):
+class DropIdentityNodes(EdgecPass):
+    """y = Identity(x) -> x, in the graph and in every subgraph and function.
+
+    1. y is not an output of its graph: its readers read x.
+    2. y is an output, x is made by a node of the same graph and is no output itself: x takes
+       y's name and place.
+    3. Left alone: y an output while x is an input, an initializer, another output, or a value
+       of an enclosing graph (the Identity is how an If branch or a Loop/Scan body returns it:
+       two sibling branches would otherwise both claim the outer value, and renaming it would
+       rename the outer value). onnx_ir's IdentityEliminationPass rewires these cases.
+    """
+
     name = "drop_identity_nodes"
-    upstream = common.IdentityEliminationPass
+
+    def rewrite(self, model: ir.Model) -> int:
+        graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+        fired = 0
+        for graph in graphs:
+            for node in list(ir.traversal.RecursiveGraphIterator(graph)):
+                fired += _drop_identity(node)
+        return fired
+
+
+def _drop_identity(node: ir.Node) -> int:
+    if node.op_type != "Identity" or node.domain not in ("", "ai.onnx"):
+        return 0
+    if len(node.inputs) != 1 or len(node.outputs) != 1 or node.inputs[0] is None:
+        return 0
+    x, y = node.inputs[0], node.outputs[0]
+    graph = node.graph
+    if graph is None:
+        return 0
+    if y.is_graph_output() or y in _outputs_of(graph):
+        producer = x.producer()
+        if (
+            producer is None
+            or producer.graph is not graph
+            or x.is_graph_input()
+            or x.is_graph_output()
+            or x in _outputs_of(graph)
+        ):
+            return 0
+        ir.convenience.replace_all_uses_with(y, x, replace_graph_outputs=True)
+        x.name = y.name
+    else:
+        ir.convenience.replace_all_uses_with(y, x)
+    graph.remove(node, safe=True)
+    return 1
+
+
+def _more_known(new: ir.Shape | None, old: ir.Shape | None) -> bool:
+    if new is None:
+        return False
+    if old is None:
+        return True
+    static = sum(isinstance(d, int) for d in new) > sum(isinstance(d, int) for d in old)
+    return len(new) == len(old) and static
+
+
+def _outputs_of(graph: ir.Graph | ir.Function) -> list[ir.Value]:
+    return list(graph.outputs)
 
 
 class MergeCommonSubexpressions(_Removal):
@@ -82,10 +165,35 @@ class LiftConstants(EdgecPass):
 
 
 class InferShapes(EdgecPass):
-    """Not a rewrite: annotates shapes. Reports 0 rewrites; the IR's computation is unchanged."""
+    """Not a rewrite: annotates shapes. Reports 0 rewrites; the IR's computation is unchanged.
+
+    ONNX shape inference, merged back by value name into tensors only: onnx_ir's
+    ShapeInferencePass sets a dtype on sequence- and optional-typed values too, which turns
+    them into tensors. A model that shape inference rejects is left as it is.
+    """
 
     name = "infer_shapes"
 
     def rewrite(self, model: ir.Model) -> int:
-        common.ShapeInferencePass(data_prop=True)(model)
+        try:
+            proto = ir.serde.serialize_model(model)
+            inferred = ir.serde.deserialize_model(
+                onnx.shape_inference.infer_shapes(proto, check_type=False, data_prop=True)
+            )
+        except Exception:  # inference is an annotation: a model it rejects stays as it is
+            return 0
+        for graph, new_graph in zip(model.graphs(), inferred.graphs(), strict=False):
+            found = ir.convenience.create_value_mapping(new_graph)
+            for name, value in ir.convenience.create_value_mapping(graph).items():
+                new = found.get(name)
+                if new is None or not isinstance(new.type, ir.TensorType):
+                    continue
+                if value.type is None:
+                    value.type = new.type
+                if (
+                    isinstance(value.type, ir.TensorType)
+                    and value.dtype == new.dtype
+                    and _more_known(new.shape, value.shape)
+                ):
+                    value.shape = new.shape
         return 0

@@ -26,7 +26,7 @@ import onnx_ir as ir
 from edgec.passes._ir import (
     as_f32,
     bypass,
-    const,
+    f32,
     gemm_params,
     is_op,
     live_nodes,
@@ -44,7 +44,7 @@ def bn_affine(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     if any(o is not None and (o.is_graph_output() or list(o.uses())) for o in node.outputs[1:]):
         return None
-    arrays = [const(v) for v in node.inputs[1:5]]
+    arrays = [f32(v) for v in node.inputs[1:5]]
     if any(a is None for a in arrays):
         return None
     gamma, beta, mean, var = (a.astype(np.float64) for a in arrays)  # type: ignore[union-attr]
@@ -87,10 +87,10 @@ def _fold_into_producer(bn: ir.Node, s: np.ndarray, t: np.ndarray) -> bool:
         return bypass(bn, x)
     if is_op(op, "Add"):  # MatMul(x, W) + c
         mm = op.inputs[0].producer() if op.inputs[0] is not None else None
-        c = const(op.inputs[1])
+        c = f32(op.inputs[1])
         if not is_op(mm, "MatMul") or c is None or only_consumer(op.inputs[0]) is not op:
             return False
-        w = const(mm.inputs[1])
+        w = f32(mm.inputs[1])
         if w is None or w.ndim != 2:
             return False
         set_const_input(mm, 1, as_f32(w.astype(np.float64) * s[None, :]), "weight")

@@ -29,10 +29,12 @@ from edgec.passes._ir import (
     const,
     conv_params,
     dense_params,
+    f32,
     initializer,
     is_op,
     live_nodes,
     only_consumer,
+    other_slot,
     set_const_input,
 )
 from edgec.passes.base import EdgecPass
@@ -56,9 +58,9 @@ def affine_step(node: ir.Node) -> tuple[ir.Value, int | None, np.ndarray, str] |
     """For Mul/Add/Sub of a tensor by a per-channel constant: (tensor, axis, vector, kind)."""
     if not is_op(node, "Mul", "Add", "Sub") or len(node.inputs) != 2:
         return None
-    x, c = node.inputs[0], const(node.inputs[1])
+    x, c = node.inputs[0], f32(node.inputs[1])
     if c is None and node.op_type != "Sub":
-        x, c = node.inputs[1], const(node.inputs[0])
+        x, c = node.inputs[1], f32(node.inputs[0])
     if x is None or c is None or x.shape is None or const(x) is not None:
         return None
     found = channel_vector(c, len(x.shape))
@@ -100,7 +102,7 @@ def _backward(node: ir.Node, x: ir.Value, axis: int | None, vec: np.ndarray, kin
         set_const_input(op, 2, as_f32(b), "bias")
         return bypass(node, x)
     if is_op(op, "MatMul"):  # no bias: a shift is one already; a scale goes into W
-        w = const(op.inputs[1])
+        w = f32(op.inputs[1])
         if kind == "shift" or w is None or w.ndim != 2:
             return False
         v = _fits(axis, -1, rank, w.shape[1], vec)
@@ -108,21 +110,24 @@ def _backward(node: ir.Node, x: ir.Value, axis: int | None, vec: np.ndarray, kin
             return False
         set_const_input(op, 1, as_f32(w.astype(np.float64) * v[None, :]), "weight")
         return bypass(node, x)
-    if not is_op(op, "Add"):
+    if not is_op(op, "Add") or len(op.inputs) != 2:
         return False
-    mm = op.inputs[0].producer() if op.inputs[0] is not None else None
-    dense = dense_params(mm) if is_op(mm, "MatMul") and mm is not None else None
-    if dense is None or dense[2] is not op or dense[1] is None:
+    mm = next(
+        (v.producer() for v in op.inputs if v is not None and is_op(v.producer(), "MatMul")), None
+    )
+    dense = dense_params(mm) if mm is not None else None
+    if mm is None or dense is None or dense[2] is not op or dense[1] is None:
         return False
     w, c, _ = dense
     v = _fits(axis, -1, rank, w.shape[1], vec)
     if v is None:
         return False
+    slot = other_slot(op, mm.outputs[0])
     if kind == "scale":
-        set_const_input(mm, 1, as_f32(w * v[None, :]), "weight")  # type: ignore[arg-type]
-        set_const_input(op, 1, as_f32(c * v), "bias")
+        set_const_input(mm, 1, as_f32(w * v[None, :]), "weight")
+        set_const_input(op, slot, as_f32(c * v), "bias")
     else:
-        set_const_input(op, 1, as_f32(c + v), "bias")
+        set_const_input(op, slot, as_f32(c + v), "bias")
     return bypass(node, x)
 
 
@@ -174,7 +179,8 @@ def _forward(node: ir.Node, x: ir.Value, axis: int | None, vec: np.ndarray, kind
             out.replace_all_uses_with(add.outputs[0], replace_graph_outputs=True)
             add.replace_input_with(0, out)
         else:
-            set_const_input(end, 1, as_f32(c + shift), "bias")  # type: ignore[operator]
+            slot = other_slot(end, op.outputs[0])
+            set_const_input(end, slot, as_f32(c + shift), "bias")  # type: ignore[operator]
         return bypass(node, x)
     return False
 

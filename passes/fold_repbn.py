@@ -23,7 +23,15 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgec.passes._ir import as_f32, bypass, const, initializer, is_op, live_nodes, only_consumer
+from edgec.passes._ir import (
+    as_f32,
+    bypass,
+    f32,
+    initializer,
+    is_op,
+    live_nodes,
+    only_consumer,
+)
 from edgec.passes.base import EdgecPass
 from edgec.passes.fold_batchnorm import bn_affine
 from edgec.passes.fold_channel_affine import affine_step
@@ -141,7 +149,7 @@ def _cancel_transposes(first: ir.Node) -> bool:
     if [perm[i] for i in back] != list(range(len(perm))):
         return False
     x = first.inputs[0]
-    c, d = const(mul.inputs[1]), const(add.inputs[1])
+    c, d = f32(mul.inputs[1]), f32(add.inputs[1])
     if x is None or c is None or d is None or mul.inputs[0] is not first.outputs[0]:
         return False
     if add.inputs[0] is not mul.outputs[0]:

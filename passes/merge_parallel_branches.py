@@ -75,7 +75,7 @@ def _branch(leaf: ir.Value, x: ir.Value, channels: int) -> dict | None:
     if leaf is x:
         return {"kind": "affine", "a": np.ones(channels), "b": np.zeros(channels), "node": None}
     node = leaf.producer()
-    if node is None or node.inputs[0] is not x or only_consumer(leaf) is None:
+    if node is None or not node.inputs or node.inputs[0] is not x or only_consumer(leaf) is None:
         return None
     if is_op(node, "Conv"):
         p = conv_params(node)

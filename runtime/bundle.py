@@ -34,16 +34,55 @@ REFERENCE = "reference.npz"
 Dim = int | str  # a static size, or the name of a dynamic axis
 
 
+KINDS = ("tensor", "sequence", "optional", "optional_sequence")
+
+
 @dataclass(frozen=True)
 class TensorSpec:
-    """A named input or output: shape (ints, or names for dynamic axes) and numpy dtype."""
+    """A named input or output: shape (ints, or names for dynamic axes) and numpy dtype.
+
+    `kind` is "tensor", or for ONNX's other value types "sequence" (a list of tensors of
+    `dtype`), "optional" (a tensor or None) or "optional_sequence" (a list or None); their
+    element shapes are not fixed and `shape` is empty.
+    """
 
     name: str
     shape: tuple[Dim, ...]
     dtype: str
+    kind: str = "tensor"
 
     def describe(self) -> str:
+        if self.kind != "tensor":
+            return f"{self.kind.replace('_', ' ')} of {self.dtype} tensors"
         return "(" + ", ".join(str(d) for d in self.shape) + f") {self.dtype}"
+
+    def coerce(self, value: Any, role: str = "input") -> Any:
+        """`value` as this spec's kind (arrays for tensors); InputError if it does not fit."""
+        if self.kind.startswith("optional") and value is None:
+            return None
+        if self.kind in ("sequence", "optional_sequence"):
+            if not isinstance(value, (list, tuple)):
+                raise InputError(
+                    f"{role} '{self.name}' is a sequence: give a list of {self.dtype} arrays"
+                )
+            items = [np.asarray(v) for v in value]
+            for item in items:
+                if str(item.dtype) != self.dtype:
+                    raise InputError(
+                        f"{role} '{self.name}' holds a {item.dtype} tensor; expected {self.dtype}"
+                    )
+            return items
+        array = np.asarray(value)
+        if array.dtype.kind in "US" and self.dtype == "object":
+            array = array.astype(object)
+        if self.kind == "optional":
+            if str(array.dtype) != self.dtype:
+                raise InputError(
+                    f"{role} '{self.name}' has dtype {array.dtype}; expected {self.dtype}"
+                )
+            return array
+        self.check(array, role)
+        return array
 
     def check(self, value: np.ndarray, role: str = "input") -> None:
         """Raise InputError naming this tensor if `value` has the wrong dtype or shape."""
@@ -58,11 +97,14 @@ class TensorSpec:
             raise InputError(f"{role} '{self.name}' has shape {got}; expected {want}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        d: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.kind != "tensor":
+            d["kind"] = self.kind
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TensorSpec:
-        return cls(d["name"], tuple(d["shape"]), d["dtype"])
+        return cls(d["name"], tuple(d["shape"]), d["dtype"], d.get("kind", "tensor"))
 
 
 @dataclass
@@ -146,19 +188,54 @@ def check_files(folder: Path, manifest: Manifest) -> None:
         raise BundleError(f"bundle '{folder}': artifact '{missing[0]}' has no checksum")
 
 
-def save_reference(
-    folder: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
-) -> None:
-    arrays = {f"input/{k}": v for k, v in inputs.items()}
-    arrays.update({f"output/{k}": v for k, v in outputs.items()})
+def _flatten(role: str, values: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Tensors as `ROLE/NAME`; a sequence as its length `ROLE.seqlen/NAME` and its items
+    `ROLE.seq/I/NAME`; an absent optional as `ROLE.none/NAME`. Strings as unicode arrays (an
+    object array would need pickle to load)."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def plain(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a)
+        return a.astype(str) if a.dtype == object else a
+
+    for name, value in values.items():
+        if value is None:
+            arrays[f"{role}.none/{name}"] = np.zeros(0)
+        elif isinstance(value, (list, tuple)):
+            arrays[f"{role}.seqlen/{name}"] = np.asarray(len(value))
+            for i, item in enumerate(value):
+                arrays[f"{role}.seq/{i}/{name}"] = plain(item)
+        else:
+            arrays[f"{role}/{name}"] = plain(value)
+    return arrays
+
+
+def _unflatten(role: str, z: Any) -> dict[str, Any]:
+    def obj(a: np.ndarray) -> np.ndarray:
+        return a.astype(object) if a.dtype.kind == "U" else a
+
+    out: dict[str, Any] = {}
+    for key in z.files:
+        prefix, _, rest = key.partition("/")
+        if prefix == role:
+            out[rest] = obj(z[key])
+        elif prefix == f"{role}.none":
+            out[rest] = None
+        elif prefix == f"{role}.seqlen":
+            out[rest] = [
+                obj(z[f"{role}.seq/{i}/{rest}"]) for i in range(int(z[key]))
+            ]
+    return out
+
+
+def save_reference(folder: Path, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+    arrays = {**_flatten("input", inputs), **_flatten("output", outputs)}
     np.savez(folder / REFERENCE, **arrays)  # type: ignore[arg-type]
 
 
-def load_reference(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def load_reference(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     with np.load(folder / REFERENCE, allow_pickle=False) as z:
-        ins = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("input/")}
-        outs = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("output/")}
-    return ins, outs
+        return _unflatten("input", z), _unflatten("output", z)
 
 
 def _is_bundle(folder: Path) -> bool:

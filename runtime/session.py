@@ -115,9 +115,7 @@ class Session:
         for spec in specs:
             if spec.name not in given:
                 raise InputError(f"input '{spec.name}' is missing; expected {spec.describe()}")
-            value = np.asarray(given[spec.name])
-            spec.check(value)
-            feeds[spec.name] = value
+            feeds[spec.name] = spec.coerce(given[spec.name])
         return feeds
 
     def run(self, inputs: Inputs) -> dict[str, np.ndarray]:
