@@ -12,12 +12,13 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgec import teacher_forcing
 from edgec.errors import OptionError, UnsupportedOpError, VerificationError
 from edgec.runtime.bundle import (
     Bundle,
@@ -35,6 +36,9 @@ __all__ = ["BundleCheckError", "compile", "default_output", "load"]
 log = logging.getLogger("edgec")
 
 NOISE_MARGIN = 2.0  # a bundle within twice onnxruntime's own optimization noise passes
+# Noise past this is not rounding: onnxruntime's optimizations then change the model's
+# discrete decisions (binarized or thresholded models) and are no floor for edgec's error.
+NOISE_CAP = 1e-2
 
 
 class BundleCheckError(VerificationError):
@@ -183,7 +187,11 @@ def compile(
                 built.append(
                     _build(tgt, prepared, options, folder, tolerance, threads, device, timings)
                 )
-            except (BundleCheckError, UnsupportedOpError) as e:
+            except (
+                BundleCheckError,
+                UnsupportedOpError,
+                teacher_forcing.TeacherForcingError,
+            ) as e:
                 if len(candidates) == 1:
                     raise
                 failures[tgt.backend] = str(e)
@@ -204,7 +212,7 @@ def compile(
                 shutil.rmtree(b.folder, ignore_errors=True)
         manifest = chosen.manifest
         manifest.target = target
-        save_reference(stage, prepared.inputs, prepared.outputs)
+        save_reference(stage, prepared.inputs, chosen.own_outputs or prepared.outputs)
         manifest.reference = {
             "file": "reference.npz",
             "against": prepared.source.get("reference", ""),
@@ -215,6 +223,11 @@ def compile(
         }
         if chosen.note:
             manifest.reference["note"] = chosen.note
+        if chosen.own_outputs is not None:
+            manifest.reference["against"] = (
+                "this bundle's own output, accepted by a teacher-forced check against "
+                f"{manifest.reference['against']}"
+            )
         if binarization is not None:
             manifest.reference["against"] = (
                 "the binarized model in onnxruntime (ai.edgec function bodies); "
@@ -315,6 +328,9 @@ class _Built:
     manifest: Manifest
     error: float | None
     note: str
+    # the bundle's own outputs, when a teacher-forced check accepted them in place of the
+    # reference's (binarization ties); None: the reference's outputs stand
+    own_outputs: dict[str, Any] | None = None
 
 
 def _build(
@@ -363,9 +379,32 @@ def _build(
         )
         log.info("not checked against the reference here: %s", note)
         return _Built(folder, manifest, None, note)
-    error, note = _check_bundle(
-        bundle, prepared, tolerance, threads, artifacts.fallbacks
-    )
+    preferred = dict(manifest.backend_options)
+    try:
+        error, note = _check_bundle(bundle, prepared, tolerance, threads, artifacts.fallbacks)
+    except BundleCheckError as e:
+        if prepared.intermediates is None or not teacher_forcing.has_binary_ops(prepared.model):
+            raise
+        log.info("%s; checking the binarized layers with teacher forcing", e)
+        untuned = replace(options, extra={**options.extra, "tune": 0, "tune_time": None})
+        report, kept = teacher_forcing.check(
+            prepared.model,
+            teacher_forcing.build_like(
+                lambda ir_, where: tgt.compile(ir_, untuned, where), tgt.name, tgt.backend
+            ),
+            prepared.inputs,
+            prepared.intermediates,
+            _allowed(tolerance, prepared),
+            threads,
+            [preferred, *artifacts.fallbacks],
+        )
+        manifest.backend_options = kept
+        note = report.note()
+        if manifest.backend_options != preferred:
+            note += f"; with {manifest.backend_options} instead of {preferred}"
+        own = Session(bundle, threads).run(prepared.inputs)
+        log.warning("%s", note)
+        return _Built(folder, manifest, report.max_error, note, own)
     return _Built(folder, manifest, error, note)
 
 
@@ -437,8 +476,19 @@ def _bundle_errors(
 
 def accepted_tolerance(tolerance: float, noise: dict[str, float]) -> float:
     """The error a bundle may have: the tolerance, or twice the noise onnxruntime's own graph
-    optimizations make on the unmodified model, whichever is larger."""
-    return max([tolerance, *(NOISE_MARGIN * n for n in noise.values() if np.isfinite(n))])
+    optimizations make on the unmodified model, whichever is larger (noise above NOISE_CAP
+    does not count)."""
+    floors = [NOISE_MARGIN * n for n in noise.values() if n <= NOISE_CAP]
+    return max([tolerance, *floors])
+
+
+def _allowed(tolerance: float, prepared: Any) -> dict[str, float]:
+    """Per output: the tolerance, or twice its noise floor."""
+    noise = prepared.noise
+    return {
+        k: accepted_tolerance(tolerance, {k: noise[k]} if k in noise else {})
+        for k in prepared.outputs
+    }
 
 
 def _check_bundle(
@@ -458,9 +508,7 @@ def _check_bundle(
     Returns (max relative error, note).
     """
     inputs, expected, noise = prepared.inputs, prepared.outputs, prepared.noise
-    allowed = {
-        k: accepted_tolerance(tolerance, {k: noise[k]} if k in noise else {}) for k in expected
-    }
+    allowed = _allowed(tolerance, prepared)
 
     def failing(errors: dict[str, float]) -> list[str]:
         return [k for k, e in errors.items() if not e <= allowed[k]]

@@ -11,8 +11,9 @@ bundle keeps so that `edgec verify` can check it anywhere.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,8 @@ class Prepared:
     # onnxruntime with all its graph optimizations on the unmodified model, against the
     # reference, per output: the noise floor below which edgec cannot tell its own error
     noise: dict[str, float] = field(default_factory=dict)
+    # for torch sources: the reference's own values of named IR values, on `inputs`
+    intermediates: Callable[[set[str]], dict[str, np.ndarray]] | None = None
 
 
 def load(source: Any, **options: Any) -> ir.Model:
@@ -92,7 +95,10 @@ def prepare(
         merged: dict[str | None, InputSpec] = dict(info.inputs)
         if None in shapes:
             shapes = {next(iter(info.inputs)): shapes[None]}
-        merged.update(shapes)
+        for name, spec in shapes.items():  # a shape without a dtype keeps the model's dtype
+            declared = info.inputs.get(name)
+            dtype = spec.dtype or (declared.dtype if declared is not None else None)
+            merged[name] = InputSpec(spec.shape, dtype)
         prepared = _prepare_torch(
             module, label, inputs, example_inputs, merged, axes, seed, reference
         )
@@ -205,9 +211,10 @@ def _prepare_torch(
             f"'{label}' is a torch module: give its input shapes (--input-shape x=1x3x224x224)"
         )
     program = torch_frontend.export_program(module, args, axes, label)
-    model = torch_frontend.lower_program(program, label, axes)
-    return _with_torch_reference(model, module, args, label, "torch", reference)
-
+    model, decomposed = torch_frontend.lower_program_traced(program, label, axes)
+    prepared = _with_torch_reference(model, module, args, label, "torch", reference)
+    prepared.intermediates = partial(torch_frontend.intermediate_values, decomposed, args)
+    return prepared
 
 
 def _prepare_exported(
@@ -221,8 +228,10 @@ def _prepare_exported(
         args = tuple(program.example_inputs[0])
     else:
         raise SourceError(f"'{label}' is an ExportedProgram without example inputs: pass some")
-    model = torch_frontend.lower_program(program, label)
-    return _with_torch_reference(model, program.module(), args, label, "exported", reference)
+    model, decomposed = torch_frontend.lower_program_traced(program, label)
+    prepared = _with_torch_reference(model, program.module(), args, label, "exported", reference)
+    prepared.intermediates = partial(torch_frontend.intermediate_values, decomposed, args)
+    return prepared
 
 
 def _with_torch_reference(
@@ -312,12 +321,19 @@ def _reference_run(
     try:
         results = session.run(names, feeds)
     except Exception as e:
-        hint = (
-            f"; the inputs {', '.join(sorted(generated))} were generated: give real ones with "
-            "--input NAME=FILE.npy"
-            if generated
-            else ""
-        )
+        hint = ""
+        if generated:
+            dynamic = [
+                s.name
+                for s in input_specs(model)
+                if s.name in generated and any(isinstance(d, str) for d in s.shape)
+            ]
+            hint = (
+                f"; the inputs {', '.join(sorted(generated))} were generated"
+                + (f" (dynamic axes of {', '.join(dynamic)} as 1)" if dynamic else "")
+                + ": give real ones with --input NAME=FILE.npy"
+                + (" or their sizes with --input-shape" if dynamic else "")
+            )
         raise InputError(
             f"the reference run of {label} failed: {ort_failure(e)}{hint}"
         ) from None

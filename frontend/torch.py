@@ -13,6 +13,7 @@ import inspect
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -129,6 +130,16 @@ def lower_program(
 ) -> ir.Model:
     """ExportedProgram -> ONNX IR, nodes named by their torch module path, dynamic axes
     named by the user's symbols."""
+    return lower_program_traced(program, label, dynamic_axes)[0]
+
+
+def lower_program_traced(
+    program: torch.export.ExportedProgram,
+    label: str = "model",
+    dynamic_axes: list[tuple[str, int, str]] | None = None,
+) -> tuple[ir.Model, torch.export.ExportedProgram]:
+    """`lower_program`, and the decomposed program the exporter translated: its FX nodes
+    carry the names of the ONNX values they became (see `intermediate_values`)."""
     try:
         with _quiet():
             onnx_program = torch.onnx.export(program, dynamo=True, optimize=False, verbose=False)
@@ -137,7 +148,26 @@ def lower_program(
     model = onnx_program.model
     name_nodes_by_module(model.graph)
     rename_symbols(model, dynamic_axes or [])
-    return model
+    return model, onnx_program.exported_program
+
+
+def intermediate_values(
+    program: torch.export.ExportedProgram, args: tuple[torch.Tensor, ...], names: set[str]
+) -> dict[str, np.ndarray]:
+    """torch's own values of the named FX nodes (= ONNX value names of the export) on `args`,
+    computed by running the program node by node in eager mode."""
+    captured: dict[str, np.ndarray] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> Any:
+            result = super().run_node(n)
+            if n.name in names and isinstance(result, torch.Tensor):
+                captured[n.name] = result.detach().cpu().numpy()
+            return result
+
+    with torch.no_grad(), _quiet():
+        Recorder(program.module()).run(*args)
+    return captured
 
 
 def rename_symbols(model: ir.Model, axes: list[tuple[str, int, str]]) -> None:

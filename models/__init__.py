@@ -32,7 +32,7 @@ __all__ = [
     "list_models",
 ]
 
-_IMAGE = {"x": InputSpec((1, 3, 224, 224))}
+_IMAGE = {"x": InputSpec((1, 3, 224, 224), "float32")}
 _TOKENS = {"input_ids": InputSpec((1, 128), "int64")}
 
 _PAPERS = {

@@ -113,6 +113,10 @@ def _drop_identity(node: ir.Node) -> int:
             or x in _outputs_of(graph)
         ):
             return 0
+        if x.type is None:
+            x.type = y.type
+        if x.shape is None:
+            x.shape = y.shape
         ir.convenience.replace_all_uses_with(y, x, replace_graph_outputs=True)
         x.name = y.name
     else:

@@ -12,7 +12,11 @@ transpose and its inverse acts on the untransposed tensor along the permuted axi
 transposes go. What is left is a Mul and an Add on the channel axis, which
 `fold_channel_affine` folds into the neighbouring Linear or Conv, backwards or forwards (the
 producing layer's bias included). A BatchNormalization that reads a transpose (BN1d on
-tokens) and could not be folded directly becomes such an affine too.
+tokens) and could not be folded directly becomes such an affine too, and so does one that
+reads tokens flattened to (M, C) by a Reshape that keeps the channels last (LeViT's
+Linear+BN): its affine moves before the Reshape, along the last axis,
+
+    BN1d(Reshape(y, (M, C))) = Reshape(s * y + t, (M, C))       (y's last axis has size C)
 
 Left alone: sums whose terms read different tensors or have other readers, affines that vary
 along more than one axis, and transposes that are not inverses of each other.
@@ -135,6 +139,27 @@ def _bn_on_tokens(bn: ir.Node) -> bool:
     return bypass(bn, emit_affine(bn, x, s, t, 1, bn.outputs[0]))
 
 
+def _bn_after_reshape(bn: ir.Node) -> bool:
+    """BN1d(Reshape(y)) on (M, C) with y's last axis C -> Reshape(a * y + b) on that axis: the
+    affine moves before the flattening, next to the Linear that made y (LeViT's Linear+BN on
+    tokens flattened to 2-D)."""
+    affine = bn_affine(bn)
+    x = bn.inputs[0]
+    reshape = x.producer() if x is not None else None
+    if affine is None or reshape is None or not is_op(reshape, "Reshape") or x is None:
+        return False
+    y = reshape.inputs[0] if reshape.inputs else None
+    if y is None or y.shape is None or x.shape is None or len(x.shape) != 2:
+        return False
+    channels = x.shape[1]
+    if not isinstance(channels, int) or y.shape[-1] != channels or only_consumer(x) is not bn:
+        return False
+    s, t = affine
+    moved = emit_affine(reshape, y, s, t, len(y.shape) - 1, y)
+    reshape.replace_input_with(0, moved)
+    return bypass(bn, x)
+
+
 def _cancel_transposes(first: ir.Node) -> bool:
     """Transpose(P) -> Mul(c) -> Add(d) -> Transpose(Q), Q . P = id  ->  Mul(c') -> Add(d')."""
     if not is_op(first, "Transpose"):
@@ -174,7 +199,8 @@ class FoldRepbn(EdgecPass):
 
     def rewrite(self, model: ir.Model) -> int:
         fired = 0
-        for rewrite in (_fold_sum, _bn_on_tokens, _cancel_transposes):  # in this order
+        # in this order: sums first, then what is left of BNs on tokens
+        for rewrite in (_fold_sum, _bn_on_tokens, _bn_after_reshape, _cancel_transposes):
             for node in live_nodes(model):
                 if rewrite(node):
                     fired += 1

@@ -25,6 +25,7 @@ from edgec.passes.drop_identity_activations import DropIdentityActivations
 from edgec.passes.fold_batchnorm import FoldBatchnorm
 from edgec.passes.fold_channel_affine import FoldChannelAffine
 from edgec.passes.fold_repbn import FoldRepbn
+from edgec.passes.merge_affine_terms import MergeAffineTerms
 from edgec.passes.merge_parallel_branches import MergeParallelBranches
 from edgec.passes.merge_serial_linear import MergeSerialLinear
 
@@ -33,6 +34,8 @@ def cleanup() -> FixedPoint:
     return FixedPoint(
         "cleanup",
         [
+            # first: every later pass finds constants as initializers, never as Constant nodes
+            LiftConstants(),
             FoldConstants(),
             DropIdentityNodes(),
             MergeCommonSubexpressions(),
@@ -51,6 +54,8 @@ def reparameterize() -> FixedPoint:
             FoldBatchnorm(),
             # a BN left in a sum or on tokens becomes an affine, for fold_channel_affine
             FoldRepbn(),
+            # x + s * (f(x) - BN(x)): after fold_repbn's two-term sums, before the affine folds
+            MergeAffineTerms(),
             FoldChannelAffine(),
             # branches before serial merges: a merged branch sum may start a serial pair
             MergeParallelBranches(),
