@@ -190,12 +190,13 @@ class InferShapes(EdgecPass):
             found = ir.convenience.create_value_mapping(new_graph)
             for name, value in ir.convenience.create_value_mapping(graph).items():
                 new = found.get(name)
-                if new is None or not isinstance(new.type, ir.TensorType):
+                if new is None or new.type is None:
                     continue
                 if value.type is None:
                     value.type = new.type
                 if (
                     isinstance(value.type, ir.TensorType)
+                    and isinstance(new.type, ir.TensorType)
                     and value.dtype == new.dtype
                     and _more_known(new.shape, value.shape)
                 ):
