@@ -196,6 +196,13 @@ def compile(
                     raise
                 failures[tgt.backend] = str(e)
                 log.warning("back end %s left out: %s", tgt.backend, e)
+            except Exception as e:  # a fault in one back end; measure-and-pick has others
+                if len(candidates) == 1:
+                    raise
+                why = f"internal error in the {tgt.backend} back end: {type(e).__name__}: {e}"
+                failures[tgt.backend] = why.splitlines()[0]
+                log.warning("back end %s left out (%s); -v shows the traceback", tgt.backend, why)
+                log.info("traceback of the %s back end", tgt.backend, exc_info=True)
         if not built:
             raise BundleCheckError(
                 "no back end produced a bundle within tolerance: "
@@ -284,6 +291,7 @@ def _binarize_layers(prepared: Any, pattern: str) -> dict[str, Any]:
         )
     float_outputs = prepared.outputs
     prepared.outputs = run_onnx(prepared.model, prepared.inputs)
+    prepared.intermediates = None  # torch's values are the float model's, not the reference
     errors = {k: rel_error(prepared.outputs[k], v) for k, v in float_outputs.items()}
     for layer in binarizer.layers:
         log.info("binarized %s: output error %.2e", layer.name, layer.max_rel_error)

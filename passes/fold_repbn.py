@@ -144,7 +144,7 @@ def _bn_after_reshape(bn: ir.Node) -> bool:
     affine moves before the flattening, next to the Linear that made y (LeViT's Linear+BN on
     tokens flattened to 2-D)."""
     affine = bn_affine(bn)
-    x = bn.inputs[0]
+    x = bn.inputs[0] if affine is not None else None
     reshape = x.producer() if x is not None else None
     if affine is None or reshape is None or not is_op(reshape, "Reshape") or x is None:
         return False

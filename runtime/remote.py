@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgec.errors import BundleError, DeviceError, OptionError
-from edgec.runtime.bundle import Bundle, load_reference
+from edgec.runtime.bundle import Bundle, load_reference, sha256_file
 from edgec.runtime.compare import rel_error
 from edgec.runtime.profile import ProfileReport, check_counts, make_report
 from edgec.runtime.session import VerifyReport
@@ -78,8 +78,12 @@ class RemoteDevice:
         if threads > 0:
             self.session.get_function("runtime.config_threadpool")(1, threads)
         name = bundle.manifest.artifacts["model"]
-        self.session.upload(str(bundle.path / name))
-        lib = self.session.load_module(name)
+        # named by content: the device's loader keeps a library by its path, so two bundles
+        # uploaded as 'model.so' in one session would run the first one's code
+        digest = bundle.manifest.files.get(name) or sha256_file(bundle.path / name)
+        remote_name = f"{digest[:16]}-{name}"
+        self.session.upload(str(bundle.path / name), target=remote_name)
+        lib = self.session.load_module(remote_name)
         dev = self.session.cpu()
         return relax.VirtualMachine(lib, dev), dev
 

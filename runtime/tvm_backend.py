@@ -5,7 +5,10 @@ Needs only TVM's runtime (`TVM_USE_RUNTIME_LIB=1` loads nothing else), not the c
 
 from __future__ import annotations
 
+import os
 import platform
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,20 @@ def bundle_triple(bundle: Bundle, use: str) -> str:
     return str(m.backend_options.get("triple", "x86_64-linux-gnu"))
 
 
+def _load_fresh(tvm: Any, path: Path) -> Any:
+    """Load the library at `path` as it is now. The dynamic loader keeps a library by its path:
+    a bundle rewritten in place (a recompile into the same folder) would otherwise load the
+    old code in a process that opened it before. A uniquely named hard link (or copy) is
+    loaded instead and removed at once; the mapping stays."""
+    with tempfile.TemporaryDirectory(prefix="edgec-lib-") as tmp:
+        fresh = Path(tmp) / path.name
+        try:
+            os.link(path, fresh)
+        except OSError:
+            shutil.copyfile(path, fresh)
+        return tvm.runtime.load_module(str(fresh))
+
+
 class TvmRunner:
     def __init__(self, path: Path, input_names: list[str], threads: int = 0) -> None:
         import tvm
@@ -40,7 +57,7 @@ class TvmRunner:
         if threads > 0:  # (mode 1: big cores first, n threads)
             tvm.get_global_func("runtime.config_threadpool")(1, threads)
         try:
-            self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+            self.vm = relax.VirtualMachine(_load_fresh(tvm, path), tvm.cpu())
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BundleError(f"TVM cannot load '{path}': {first}") from None

@@ -53,5 +53,5 @@ def test_bundle_within_the_noise_floor_passes_and_one_beyond_fails(onnx_file, tm
     error, note = _check_bundle(bundle, prepared, 1e-4, 1, [])
     assert error == pytest.approx(1.5e-3, rel=1e-2) and "noise floor" in note
     prepared.outputs = {"y": y + np.float32(2.5e-3 * scale)}
-    with pytest.raises(BundleCheckError, match="noise floor 1.00e-03"):
+    with pytest.raises(BundleCheckError, match=r"noise floor 1\.00e-03"):
         _check_bundle(bundle, prepared, 1e-4, 1, [])

@@ -105,3 +105,24 @@ def test_tvm_bundle_runs_without_torch(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_recompiling_into_the_same_folder_loads_the_new_library(tmp_path: Path) -> None:
+    """The dynamic loader keeps a library by its path: a bundle rewritten in place must not run
+    the old code in a process that loaded it before."""
+    from onnx import TensorProto, helper
+
+    def model(op: str) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            [helper.make_node(op, ["x"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    x = np.array([-2.0, -0.5, 0.5, 2.0], np.float32)
+    edgec.compile(model("Relu"), "x86_64", tmp_path / "b", backend="tvm")
+    assert np.array_equal(load(tmp_path / "b").run(x)["y"], np.maximum(x, 0))
+    edgec.compile(model("Neg"), "x86_64", tmp_path / "b", backend="tvm")
+    assert np.array_equal(load(tmp_path / "b").run(x)["y"], -x)
