@@ -124,17 +124,13 @@ def _prepare_object(
     import torch
 
     if isinstance(obj, torch.nn.Module):
-        prepared = _prepare_torch(
-            obj, label, inputs, example_inputs, shapes, axes, seed, reference
-        )
+        prepared = _prepare_torch(obj, label, inputs, example_inputs, shapes, axes, seed, reference)
     elif isinstance(obj, torch.export.ExportedProgram):
         if inputs is not None:
             example_inputs = _by_position(_exported_names(obj), inputs, label)
         prepared = _prepare_exported(obj, label, example_inputs, seed, reference)
     elif isinstance(obj, (onnx.ModelProto, ir.Model)) or kind == "onnx_file":
-        prepared = _prepare_onnx(
-            obj, label, inputs, example_inputs, shapes, axes, seed, reference
-        )
+        prepared = _prepare_onnx(obj, label, inputs, example_inputs, shapes, axes, seed, reference)
     else:
         raise SourceError(
             f"'{label}' returned a {type(obj).__name__}; expected an nn.Module, an "
@@ -298,9 +294,9 @@ def _prepare_onnx(
         "kind": "onnx",
         "name": label,
         "reference": f"onnxruntime {onnxruntime.__version__} on the unmodified model",
-        "inputs": "given" if not set(feeds) - set(given) else (
-            "generated" if not given else "partly given"
-        ),
+        "inputs": "given"
+        if not set(feeds) - set(given)
+        else ("generated" if not given else "partly given"),
     }
     return Prepared(model, feeds, outputs, source, noise)
 
@@ -334,9 +330,7 @@ def _reference_run(
                 + ": give real ones with --input NAME=FILE.npy"
                 + (" or their sizes with --input-shape" if dynamic else "")
             )
-        raise InputError(
-            f"the reference run of {label} failed: {ort_failure(e)}{hint}"
-        ) from None
+        raise InputError(f"the reference run of {label} failed: {ort_failure(e)}{hint}") from None
     return dict(zip(names, results, strict=True))
 
 

@@ -82,8 +82,19 @@ def _legacy_dynamic_dims(model: ir.Model) -> None:
 _UNFEEDABLE = {
     name
     for name in (
-        "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ",
-        "FLOAT8E8M0", "UINT4", "INT4", "FLOAT4E2M1", "UINT2", "INT2", "COMPLEX64", "COMPLEX128",
+        "BFLOAT16",
+        "FLOAT8E4M3FN",
+        "FLOAT8E4M3FNUZ",
+        "FLOAT8E5M2",
+        "FLOAT8E5M2FNUZ",
+        "FLOAT8E8M0",
+        "UINT4",
+        "INT4",
+        "FLOAT4E2M1",
+        "UINT2",
+        "INT2",
+        "COMPLEX64",
+        "COMPLEX128",
     )
     if hasattr(ir.DataType, name)
 }

@@ -65,9 +65,7 @@ def integer_ranges(model: ir.Model) -> dict[str, tuple[int, int]]:
     return ranges
 
 
-def generate(
-    model: ir.Model, specs: list[TensorSpec], seed: int = 0
-) -> dict[str, np.ndarray]:
+def generate(model: ir.Model, specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
     return random_inputs(specs, seed, int_ranges=integer_ranges(model))
 
 

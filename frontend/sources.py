@@ -31,8 +31,18 @@ from edgec.errors import OptionError, SourceError
 Shape = tuple[int, ...]
 
 _DTYPES = (
-    "float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "uint16",
-    "uint32", "uint64", "bool",
+    "float32",
+    "float16",
+    "float64",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
 )
 
 
@@ -47,9 +57,7 @@ class InputSpec:
 def parse_input_shape(text: str) -> tuple[str | None, InputSpec]:
     """`x=1x3x224x224`, `ids=1x128:int64`, `n=scalar:int64` (rank 0) or a bare `1x3x224x224`
     (for a single input)."""
-    m = re.fullmatch(
-        r"(?:([A-Za-z_][\w.]*)=)?(scalar|\d+(?:x\d+)*)(?::(\w+))?", text.strip()
-    )
+    m = re.fullmatch(r"(?:([A-Za-z_][\w.]*)=)?(scalar|\d+(?:x\d+)*)(?::(\w+))?", text.strip())
     if not m:
         raise OptionError(
             f"malformed input shape '{text}': write NAME=DxDx...[:DTYPE] (or NAME=scalar), "

@@ -222,9 +222,7 @@ def _unflatten(role: str, z: Any) -> dict[str, Any]:
         elif prefix == f"{role}.none":
             out[rest] = None
         elif prefix == f"{role}.seqlen":
-            out[rest] = [
-                obj(z[f"{role}.seq/{i}/{rest}"]) for i in range(int(z[key]))
-            ]
+            out[rest] = [obj(z[f"{role}.seq/{i}/{rest}"]) for i in range(int(z[key]))]
     return out
 
 

@@ -26,9 +26,7 @@ def _check(prepared, model: ir.Model):
         lambda m, where: target.compile(m, CompileOptions(), where), "cpu", "onnxruntime"
     )
     options = [{"graph_optimization_level": "basic"}]
-    report, _ = check(
-        model, build, prepared.inputs, prepared.intermediates, {"": 1e-4}, 1, options
-    )
+    report, _ = check(model, build, prepared.inputs, prepared.intermediates, {"": 1e-4}, 1, options)
     return report
 
 
