@@ -196,8 +196,8 @@ def compile(
                     raise
                 failures[tgt.backend] = str(e)
                 log.warning("back end %s left out: %s", tgt.backend, e)
-            except Exception as e:  # a fault in one back end; measure-and-pick has others
-                if len(candidates) == 1:
+            except Exception as e:  # a fault of TVM or onnxruntime; measure-and-pick has others
+                if len(candidates) == 1 or not _upstream_fault(e):
                     raise
                 why = f"internal error in the {tgt.backend} back end: {type(e).__name__}: {e}"
                 failures[tgt.backend] = why.splitlines()[0]
@@ -256,6 +256,25 @@ def compile(
     else:
         log.info("wrote %s (max relative error %.2e)", out, chosen.error)
     return Bundle.open(out)
+
+
+_UPSTREAM = ("tvm", "tvm_ffi", "onnxruntime")
+
+
+def _upstream_fault(e: BaseException) -> bool:
+    """Was `e` raised inside TVM or onnxruntime, called from edgec (not in edgec's code)?"""
+    frames = []
+    tb = e.__traceback__
+    while tb is not None:
+        frames.append(
+            (str(tb.tb_frame.f_globals.get("__name__", "")), tb.tb_frame.f_code.co_filename)
+        )
+        tb = tb.tb_next
+    ours = [i for i, (module, _) in enumerate(frames) if module.startswith("edgec.")]
+    if not ours or ours[-1] + 1 >= len(frames):
+        return False
+    module, filename = frames[ours[-1] + 1]
+    return module.split(".")[0] in _UPSTREAM or any(f"/{u}/" in filename for u in _UPSTREAM)
 
 
 def _binarize_layers(prepared: Any, pattern: str) -> dict[str, Any]:

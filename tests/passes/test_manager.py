@@ -62,7 +62,8 @@ def test_reports_every_pass() -> None:
     before = to_proto(model)
     reports = PassManager(get_pipeline("cpu")).run(model)
     names = [r.name for r in reports]
-    assert names[:4] == [
+    assert names[:5] == [
+        "lift_constants",
         "fold_constants",
         "drop_identity_nodes",
         "merge_common_subexpressions",

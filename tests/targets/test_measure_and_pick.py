@@ -80,3 +80,16 @@ def test_inspect_shows_the_tvm_build_and_the_choice(cli, tmp_path: Path) -> None
     assert cli("compile", path, "--target", "arm64", "-o", tmp_path / "a").code == 0
     r = cli("inspect", tmp_path / "a")
     assert "aarch64-linux-gnu" in r.out and "+neon" in r.out
+
+
+def test_a_fault_inside_tvm_leaves_tvm_out(tmp_path) -> None:
+    """ONNX's Trilu case with a negative k: TVM's importer declares k a scalar and its VM
+    refuses the 1-element tensor the model passes. auto keeps onnxruntime and says why; a
+    fault in edgec's own code would still end the compile (tests/e2e: exit 1)."""
+    from tests.conformance.cases import node_cases
+
+    case = next(c for c in node_cases() if c.name == "test_tril_neg")
+    bundle = edgec.compile(case.model, output=tmp_path / "b", inputs=case.inputs)
+    assert bundle.manifest.backend == "onnxruntime"
+    failed = bundle.manifest.selection["candidates"]["tvm"]["failed"]
+    assert failed.startswith("internal error in the tvm back end")
