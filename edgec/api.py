@@ -420,6 +420,7 @@ def _build(
                 lambda ir_, where: tgt.compile(ir_, untuned, where), tgt.name, tgt.backend
             ),
             prepared.inputs,
+            prepared.outputs,
             prepared.intermediates,
             _allowed(tolerance, prepared),
             threads,

@@ -129,6 +129,7 @@ def check(
     model: ir.Model,
     build: Callable[[ir.Model, Path], Bundle],
     inputs: dict[str, Any],
+    reference: dict[str, Any],
     intermediates: Callable[[set[str]], dict[str, np.ndarray]],
     tolerance: dict[str, float],
     threads: int,
@@ -138,12 +139,16 @@ def check(
 
     build(ir, folder) builds a bundle of the same target from an IR; it is run with each of
     `backend_options` in turn (the target's preferred options, then its fallbacks) and the
-    first that passes is returned with the report. Raises TeacherForcingError naming the
-    first value that differs from torch.
+    first that passes is returned with the report. `reference` holds torch's outputs, for
+    those the exported program does not name. Raises TeacherForcingError naming the first
+    value that differs from torch.
     """
     outputs = [v.name or "" for v in model.graph.outputs]
     everything = find_cuts(model)
     teacher = intermediates({c.value for c in everything} | set(outputs))
+    for name in outputs:
+        if name not in teacher and name in reference:
+            teacher[name] = reference[name]
     named = [c for c in everything if c.value in teacher and _same_shape(c, teacher)]
     if not named:
         raise TeacherForcingError(
@@ -154,9 +159,9 @@ def check(
     # teacher is the reference executor's value computed from torch's values at the others.
     unnamed = [c for c in everything if c.value not in teacher]
     if unnamed:
-        reference = forced_copy(model, named, extra_outputs={c.value for c in unnamed})
+        executor = forced_copy(model, named, extra_outputs={c.value for c in unnamed})
         feeds = {**inputs, **{c.value + FORCED: teacher[c.value] for c in named}}
-        made = run_onnx(reference, feeds)
+        made = run_onnx(executor, feeds)
         teacher.update({c.value: made[c.value] for c in unnamed if c.value in made})
     cuts = named + [c for c in unnamed if c.value in teacher]
     forced = forced_copy(model, cuts)
