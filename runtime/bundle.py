@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from edgec.errors import BundleError, InputError
 from edgec.version import BUNDLE_FORMAT_VERSION, __version__
 
 MANIFEST = "manifest.json"
+FORMAT_MARKER = "edgec-bundle"  # manifest["format"]: what tells an edgec bundle from a folder
 REFERENCE = "reference.npz"
 
 Dim = int | str  # a static size, or the name of a dynamic axis
@@ -126,6 +127,7 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = BUNDLE_FORMAT_VERSION
     edgec_version: str = __version__
+    format: str = FORMAT_MARKER
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -159,6 +161,11 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         raise BundleError(f"'{folder}' is not an edgec bundle: {MANIFEST} is missing")
     try:
         raw = json.loads(mpath.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"bundle '{folder}': {MANIFEST} is malformed ({e})") from None
+    if not _marked(raw):
+        raise BundleError(f"'{folder}' is not an edgec bundle: its {MANIFEST} is not edgec's")
+    try:
         version = int(raw["format_version"])
     except (ValueError, KeyError, TypeError) as e:
         raise BundleError(f"bundle '{folder}': {MANIFEST} is malformed ({e})") from None
@@ -168,15 +175,48 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
             f"reads up to {BUNDLE_FORMAT_VERSION}: upgrade edgec"
         )
     try:
-        return Manifest.from_json(raw)
-    except (KeyError, TypeError) as e:
+        manifest = Manifest.from_json(raw)
+    except (KeyError, TypeError, AttributeError) as e:
         raise BundleError(f"bundle '{folder}': {MANIFEST} is malformed ({e})") from None
+    for name in [*manifest.files, *manifest.artifacts.values()]:
+        if not _inside(name):
+            raise BundleError(
+                f"bundle '{folder}': {MANIFEST} names the file '{name}', which is not inside "
+                "the bundle"
+            )
+    return manifest
+
+
+def _inside(name: object) -> bool:
+    """A relative path of the bundle's own: no absolute path, no '..', no backslash."""
+    if not isinstance(name, str) or not name or "\\" in name:
+        return False
+    path = PurePosixPath(name)
+    return not path.is_absolute() and all(part not in ("", ".", "..") for part in path.parts)
+
+
+def _marked(raw: object) -> bool:
+    """Does this parsed manifest carry edgec's format marker? (Bundles written before the
+    marker existed are recognised by their edgec version, format version and checksums.)"""
+    if not isinstance(raw, dict):
+        return False
+    if "format" in raw:
+        return raw["format"] == FORMAT_MARKER
+    return (
+        isinstance(raw.get("format_version"), int)
+        and isinstance(raw.get("edgec_version"), str)
+        and isinstance(raw.get("files"), dict)
+        and isinstance(raw.get("artifacts"), dict)
+    )
 
 
 def check_files(folder: Path, manifest: Manifest) -> None:
     """Check that every file the manifest lists exists with its recorded sha256."""
+    root = folder.resolve()
     for name, digest in manifest.files.items():
         p = folder / name
+        if p.is_symlink() or not p.resolve().is_relative_to(root):
+            raise BundleError(f"bundle '{folder}': file '{name}' links outside the bundle")
         if not p.is_file():
             raise BundleError(f"bundle '{folder}': file '{name}' is missing")
         if sha256_file(p) != digest:
@@ -237,7 +277,12 @@ def load_reference(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _is_bundle(folder: Path) -> bool:
-    return (folder / MANIFEST).is_file()
+    """An edgec bundle, by its manifest's marker: a folder that merely holds some
+    manifest.json (a web app's, a browser extension's) is not one."""
+    try:
+        return _marked(json.loads((folder / MANIFEST).read_text()))
+    except (OSError, ValueError):
+        return False
 
 
 @contextlib.contextmanager

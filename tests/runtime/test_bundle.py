@@ -80,7 +80,9 @@ def test_newer_format_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
         load(b)
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"format_version": 1}'])
+@pytest.mark.parametrize(
+    "content", ["{not json", '{"format": "edgec-bundle", "format_version": 1}']
+)
 def test_malformed_manifest(tiny_bundle: Path, tmp_path: Path, content: str) -> None:
     b = copy(tiny_bundle, tmp_path)
     (b / MANIFEST).write_text(content)
@@ -120,3 +122,51 @@ def test_never_overwrites_a_users_folder(tiny_net, tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=r"exists and is not an edgec bundle"):
         edgec.compile(tiny_net, output=user, input_shapes=["x=1x3x16x16"])
     assert [p.name for p in user.iterdir()] == ["cat.jpg"]
+
+
+def test_a_project_folder_with_a_manifest_survives(cli, tiny_net, tmp_path: Path) -> None:
+    """A web app's manifest.json is not an edgec bundle: compile refuses to replace the
+    folder (exit 2) and leaves every byte of it as it was."""
+    from tests.conftest import tree_digest
+
+    app = tmp_path / "webapp"
+    app.mkdir()
+    (app / MANIFEST).write_text(json.dumps({"name": "My App", "icons": [], "start_url": "/"}))
+    (app / "index.html").write_text("<html></html>")
+    before = tree_digest(app)
+    with pytest.raises(BundleError, match=r"exists and is not an edgec bundle"):
+        edgec.compile(tiny_net, output=app, input_shapes=["x=1x3x16x16"])
+    r = cli("verify", app)
+    assert r.code == 2 and "not an edgec bundle" in r.err
+    assert tree_digest(app) == before
+
+
+def test_a_bundle_from_before_the_marker_is_still_one(tiny_net, tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    edgec.compile(tiny_net, output=out, input_shapes=["x=1x3x16x16"])
+    raw = json.loads((out / MANIFEST).read_text())
+    assert raw.pop("format") == "edgec-bundle"
+    (out / MANIFEST).write_text(json.dumps(raw))
+    assert load(out).verify().ok
+    edgec.compile(tiny_net, output=out, input_shapes=["x=1x3x16x16"], seed=1)  # replaced
+
+
+@pytest.mark.parametrize("name", ["../outside.onnx", "/tmp/outside.onnx", "a\\..\\b.onnx"])
+def test_manifest_cannot_name_files_outside(cli, tiny_bundle: Path, tmp_path: Path, name) -> None:
+    b = copy(tiny_bundle, tmp_path)
+    raw = json.loads((b / MANIFEST).read_text())
+    model = raw["artifacts"]["model"]
+    raw["artifacts"]["model"] = name
+    raw["files"][name] = raw["files"].pop(model)
+    (b / MANIFEST).write_text(json.dumps(raw))
+    r = cli("verify", b)
+    assert r.code == 2 and "not inside the bundle" in r.err and name in r.err
+
+
+def test_a_symlink_out_of_the_bundle_is_refused(cli, tiny_bundle: Path, tmp_path: Path) -> None:
+    b = copy(tiny_bundle, tmp_path)
+    elsewhere = tmp_path / "elsewhere.onnx"
+    (b / "model.onnx").rename(elsewhere)
+    (b / "model.onnx").symlink_to(elsewhere)
+    r = cli("verify", b)
+    assert r.code == 2 and "links outside the bundle" in r.err
