@@ -23,6 +23,7 @@ from edgec.errors import OptionError, UnsupportedOpError, VerificationError
 from edgec.runtime.bundle import (
     Bundle,
     Manifest,
+    check_destination,
     finalize_manifest,
     save_reference,
     staged_bundle,
@@ -124,6 +125,7 @@ def compile(
             f"target '{target}' with back end '{backend}' builds none"
         )
     out = Path(output) if output is not None else default_output(source, target)
+    check_destination(out)  # before the long work, not after it
     timings: dict[str, float] = {}
 
     step("lowering the source to the IR")

@@ -154,7 +154,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
 )
 @click.option(
     "--threads",
-    type=int,
+    type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="Threads the bundle is built, tuned and measured for (0: all cores).",
@@ -428,7 +428,13 @@ def _read_inputs(specs: tuple[str, ...]) -> dict[str, np.ndarray] | list[np.ndar
     type=click.Path(path_type=Path),
     help="Write each output as OUTPUT_NAME.npy here.",
 )
-@click.option("--threads", type=int, default=0, show_default=True, help="0: the back end picks.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="0: the back end picks.",
+)
 def run(bundle: Path, inputs: tuple[str, ...], output_dir: Path | None, threads: int) -> None:
     """Run a bundle on inputs from .npy/.npz files."""
     from edgec.runtime import load
@@ -448,7 +454,13 @@ def run(bundle: Path, inputs: tuple[str, ...], output_dir: Path | None, threads:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--runs", type=int, default=100, show_default=True)
 @click.option("--warmup", type=int, default=10, show_default=True)
-@click.option("--threads", type=int, default=1, show_default=True, help="0: the back end picks.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="0: the back end picks.",
+)
 @click.option("--per-op", is_flag=True, help="Add the time per node (onnxruntime's profiler).")
 @click.option("--top", type=int, default=15, show_default=True, help="Rows of the per-op table.")
 @click.option(

@@ -283,13 +283,12 @@ def _prepare_onnx(
             )
         inputs = {s.name: v for s, v in zip(specs, example_inputs, strict=False)}
     given = samples.check_given(inputs or {}, specs)
+    if not reference:  # the IR alone (inspect): nothing to run, nothing to generate
+        return Prepared(model, given, {}, {"kind": "onnx", "name": label})
     feeds = {**samples.generate(model, [s for s in specs if s.name not in given], seed), **given}
     feeds = {s.name: feeds[s.name] for s in specs}
-    outputs: dict[str, np.ndarray] = {}
-    noise: dict[str, float] = {}
-    if reference:
-        outputs = _reference_run(model, feeds, label, generated=set(feeds) - set(given))
-        noise = _noise(model, feeds, outputs)
+    outputs = _reference_run(model, feeds, label, generated=set(feeds) - set(given))
+    noise = _noise(model, feeds, outputs)
     source = {
         "kind": "onnx",
         "name": label,

@@ -65,7 +65,18 @@ def integer_ranges(model: ir.Model) -> dict[str, tuple[int, int]]:
     return ranges
 
 
+MAX_SAMPLE_BYTES = 4 << 30  # a generated sample larger than this is a mistake, not a sample
+
+
 def generate(model: ir.Model, specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
+    for spec in specs:
+        count = int(np.prod([d if isinstance(d, int) else 1 for d in spec.shape], dtype=object))
+        size = count * np.dtype(spec.dtype).itemsize
+        if size > MAX_SAMPLE_BYTES:
+            raise InputError(
+                f"input '{spec.name}' declares {spec.describe()}: {size / (1 << 30):.0f} GiB, "
+                "too large for a sample input; fix its shape with --input-shape"
+            )
     return random_inputs(specs, seed, int_ranges=integer_ranges(model))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import io
 import os
 import re
 import sys
@@ -121,8 +122,10 @@ def _import_file(path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.parent.resolve()))  # so the file can import its neighbours
     try:
-        with _no_bytecode():
+        with _no_bytecode(), _no_exit(f"importing '{path}'"):
             spec.loader.exec_module(module)
+    except SourceError:
+        raise
     except Exception as e:
         raise SourceError(f"importing '{path}' failed: {type(e).__name__}: {e}") from None
     finally:
@@ -150,9 +153,31 @@ def resolve_factory(source: str) -> tuple[Any, str]:
     if not callable(factory):
         return factory, source
     try:
-        return factory(), source
+        with _no_exit(f"calling '{source}'"):
+            return factory(), source
+    except SourceError:
+        raise
     except Exception as e:
         raise SourceError(f"calling '{source}' failed: {type(e).__name__}: {e}") from None
+
+
+@contextlib.contextmanager
+def _no_exit(doing: str) -> Iterator[None]:
+    """The user's code must not end edgec: sys.exit() (argparse's too) becomes a SourceError,
+    and what it printed on the way out (argparse's usage) goes into the message, not to the
+    terminal as if it were edgec's."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    except SystemExit as e:
+        said = captured.getvalue().strip().splitlines()
+        tail = f": {said[-1]}" if said else ""
+        raise SourceError(f"{doing} called sys.exit({e.code}){tail}") from None
+    except BaseException:
+        sys.stderr.write(captured.getvalue())
+        raise
+    sys.stderr.write(captured.getvalue())  # what the user's code says otherwise is theirs
 
 
 def classify(source: Any) -> str:

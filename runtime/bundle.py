@@ -285,6 +285,22 @@ def _is_bundle(folder: Path) -> bool:
         return False
 
 
+def check_destination(dest: Path) -> None:
+    """Can a bundle be written to `dest`? BundleError if it holds something of the user's or
+    no folder on its way can be written (checked before a long compile, and again at the end)."""
+    if dest.exists() and not (dest.is_dir() and (_is_bundle(dest) or not any(dest.iterdir()))):
+        raise BundleError(
+            f"output '{dest}' exists and is not an edgec bundle; choose another output path"
+        )
+    ancestor = dest.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise BundleError(
+            f"cannot write the bundle '{dest}': '{ancestor}' is not a writable folder"
+        )
+
+
 @contextlib.contextmanager
 def staged_bundle(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty staging folder; on success it replaces `dest` atomically.
@@ -295,10 +311,7 @@ def staged_bundle(dest: str | os.PathLike[str]) -> Iterator[Path]:
     of the user's is never overwritten.
     """
     dest = Path(dest)
-    if dest.exists() and not (dest.is_dir() and (_is_bundle(dest) or not any(dest.iterdir()))):
-        raise BundleError(
-            f"output '{dest}' exists and is not an edgec bundle; choose another output path"
-        )
+    check_destination(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
     try:

@@ -380,3 +380,55 @@ def test_binarize_user_errors(
     assert r.code == 2
     assert message in one_line(r.err)
     assert not (tmp_path / "b").exists()
+
+
+EXITING = """
+import sys
+import argparse
+
+def build():
+    sys.exit(0)
+
+def parse():
+    argparse.ArgumentParser(prog="train.py").parse_args(["--lr"])
+"""
+
+
+@pytest.mark.parametrize(("factory", "says"), [("build", "sys.exit(0)"), ("parse", "sys.exit(2)")])
+def test_a_factory_cannot_end_edgec(cli, tmp_path: Path, factory: str, says: str) -> None:
+    """A factory that exits (argparse does on bad arguments) is a mistake in the source: exit 2,
+    one line, argparse's usage not printed as if it were edgec's."""
+    script = tmp_path / "net.py"
+    script.write_text(EXITING)
+    r = cli("compile", f"{script}:{factory}", "-o", tmp_path / "b")
+    assert r.code == 2 and says in r.err and "usage:" not in r.err
+    assert len(r.err.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
+
+
+def test_negative_threads_is_a_usage_error(cli, tiny_bundle: Path) -> None:
+    r = cli("profile", tiny_bundle, "--threads", "-2")
+    assert r.code == 2 and "--threads" in r.err
+
+
+def test_huge_declared_input_is_named(cli, tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 200000, 100000])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 200000, 100000])],
+    )
+    path = tmp_path / "huge.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    r = cli("compile", path, "-o", tmp_path / "b")
+    assert r.code == 2 and "input 'x'" in r.err and "224 GiB" in r.err
+    assert cli("inspect", path).code == 0  # inspecting needs no sample
+
+
+def test_output_under_a_file_is_refused_before_compiling(cli, onnx_file: Path, tmp_path) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    r = cli("compile", onnx_file, "-o", blocker / "bundle")
+    assert r.code == 2 and "not a writable folder" in r.err
+    assert blocker.read_text() == "mine"
