@@ -178,6 +178,8 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         manifest = Manifest.from_json(raw)
     except (KeyError, TypeError, AttributeError) as e:
         raise BundleError(f"bundle '{folder}': {MANIFEST} is malformed ({e})") from None
+    if not isinstance(manifest.files, dict) or not isinstance(manifest.artifacts, dict):
+        raise BundleError(f"bundle '{folder}': {MANIFEST} is malformed (files, artifacts)")
     for name in [*manifest.files, *manifest.artifacts.values()]:
         if not _inside(name):
             raise BundleError(
