@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,13 @@ def _fmt_count(n: int | float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return str(int(n))
+
+
+def _threads_option(default: int, text: str) -> Callable[[Any], Any]:
+    """--threads, a count that cannot be negative."""
+    return click.option(
+        "--threads", type=click.IntRange(min=0), default=default, show_default=True, help=text
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -152,13 +160,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
 @click.option(
     "--tune-time", type=float, metavar="SECONDS", help="TVM: stop tuning after this long."
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Threads the bundle is built, tuned and measured for (0: all cores).",
-)
+@_threads_option(0, "Threads the bundle is built, tuned and measured for (0: all cores).")
 @click.option(
     "--device",
     metavar="HOST:PORT",
@@ -428,13 +430,7 @@ def _read_inputs(specs: tuple[str, ...]) -> dict[str, np.ndarray] | list[np.ndar
     type=click.Path(path_type=Path),
     help="Write each output as OUTPUT_NAME.npy here.",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="0: the back end picks.",
-)
+@_threads_option(0, "0: the back end picks.")
 def run(bundle: Path, inputs: tuple[str, ...], output_dir: Path | None, threads: int) -> None:
     """Run a bundle on inputs from .npy/.npz files."""
     from edgec.runtime import load
@@ -454,13 +450,7 @@ def run(bundle: Path, inputs: tuple[str, ...], output_dir: Path | None, threads:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--runs", type=int, default=100, show_default=True)
 @click.option("--warmup", type=int, default=10, show_default=True)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=0),
-    default=1,
-    show_default=True,
-    help="0: the back end picks.",
-)
+@_threads_option(1, "0: the back end picks.")
 @click.option("--per-op", is_flag=True, help="Add the time per node (onnxruntime's profiler).")
 @click.option("--top", type=int, default=15, show_default=True, help="Rows of the per-op table.")
 @click.option(

@@ -103,14 +103,14 @@ def _drop_identity(node: ir.Node) -> int:
     graph = node.graph
     if graph is None:
         return 0
-    if y.is_graph_output() or y in _outputs_of(graph):
+    if y.is_graph_output() or y in graph.outputs:
         producer = x.producer()
         if (
             producer is None
             or producer.graph is not graph
             or x.is_graph_input()
             or x.is_graph_output()
-            or x in _outputs_of(graph)
+            or x in graph.outputs
         ):
             return 0
         if x.type is None:
@@ -132,10 +132,6 @@ def _more_known(new: ir.Shape | None, old: ir.Shape | None) -> bool:
         return True
     static = sum(isinstance(d, int) for d in new) > sum(isinstance(d, int) for d in old)
     return len(new) == len(old) and static
-
-
-def _outputs_of(graph: ir.Graph | ir.Function) -> list[ir.Value]:
-    return list(graph.outputs)
 
 
 class MergeCommonSubexpressions(_Removal):
