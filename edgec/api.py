@@ -20,17 +20,11 @@ import numpy as np
 
 from edgec import teacher_forcing
 from edgec.errors import OptionError, UnsupportedOpError, VerificationError
-from edgec.runtime.bundle import (
-    Bundle,
-    Manifest,
-    check_destination,
-    finalize_manifest,
-    save_reference,
-    staged_bundle,
-)
+from edgec.runtime.bundle import Bundle, Manifest, finalize_manifest, save_reference
 from edgec.runtime.compare import default_tolerance, rel_error
 from edgec.runtime.session import Session
 from edgec.runtime.session import load as _load
+from edgec.runtime.staging import check_destination, staged_bundle
 
 __all__ = ["BundleCheckError", "compile", "default_output", "load"]
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -18,9 +20,10 @@ from typing import Any
 import click
 import numpy as np
 from rich.console import Console
+from rich.errors import NotRenderableError
 from rich.table import Table
 
-from edgec.errors import EdgecError, InputError, OptionError
+from edgec.errors import BundleError, EdgecError, InputError, OptionError
 from edgec.version import __version__
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -55,6 +58,10 @@ def _threads_option(default: int, text: str) -> Callable[[Any], Any]:
     )
 
 
+# libraries whose log warnings only -v shows (edgec's own one-line error says what matters)
+QUIET_LIBRARIES = ("torch", "onnx_ir", "onnxscript", "onnx", "tvm")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgec")
 @click.option("-v", "--verbose", count=True, help="Log what edgec does (-vv: debug).")
@@ -78,6 +85,9 @@ def cli(ctx: click.Context, verbose: int) -> None:
     )
     if verbose == 1:
         logging.getLogger("edgec").setLevel(logging.INFO)
+    if verbose == 0:  # the libraries' warnings are about their internals, not the user's model
+        for name in QUIET_LIBRARIES:
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @cli.command()
@@ -581,7 +591,14 @@ def inspect(what: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         _json(info)
         return
-    _print_inspect(info)
+    try:
+        _print_inspect(info)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, NotRenderableError) as e:
+        if "bundle" not in info:
+            raise
+        raise BundleError(
+            f"bundle '{what}': {MANIFEST} is malformed (cannot describe it: {type(e).__name__} {e})"
+        ) from None
 
 
 def _print_binary(b: dict[str, Any], size_bytes: int | None) -> None:
@@ -754,8 +771,6 @@ def emulate(arch: str, port: int, prepare_only: bool) -> None:
     numpy, TVM and onnxruntime at this host's versions) under the cache folder; it needs the
     Debian package qemu-user-static. Latency measured here is emulated latency.
     """
-    import signal
-
     from edgec.runtime import emulator
 
     with err.status("preparing the emulated arm64 device", spinner="dots") as status:
@@ -788,22 +803,45 @@ def serve(host: str, port: int) -> None:
     run_server(host, port)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every cleanup runs as it does for Ctrl-C."""
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors exit 2 with one line, internal faults 1, interrupts 130."""
+    """Entry point: user errors exit 2 with one line, internal faults 1, interrupts 130,
+    SIGTERM 143 (after removing what was being written, as for Ctrl-C)."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        code = _run(argv)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
     verbose = any(a in ("-v", "-vv", "--verbose") for a in (argv or sys.argv[1:]))
     try:
         cli.main(args=argv, prog_name="edgec", standalone_mode=False)
     except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+        return e.exit_code
     except click.ClickException as e:
         e.show()
-        sys.exit(e.exit_code)
+        return e.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort):
         err.print("interrupted: nothing was written")
-        sys.exit(130)
+        return 130
+    except Terminated:
+        err.print("terminated: nothing was written")
+        return 143
     except EdgecError as e:
         click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
+        return e.exit_code
     except Exception as e:
         if verbose:
             traceback.print_exc()
@@ -812,8 +850,8 @@ def main(argv: list[str] | None = None) -> None:
             + ("" if verbose else "  [run with -v for the traceback]"),
             err=True,
         )
-        sys.exit(1)
-    sys.exit(0)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

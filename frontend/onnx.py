@@ -165,6 +165,13 @@ def _nodes(graph: ir.Graph | ir.Function):
 
 def check_ops(model: ir.Model, label: str) -> None:
     """Every op must be ONNX-standard at the model's opset, a model function, or edgec's."""
+    newest = onnx.defs.onnx_opset_version()
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    if opset is not None and opset > newest:
+        raise UnsupportedOpError(
+            f"{label} imports opset {opset} of ai.onnx; the newest this edgec knows "
+            f"(onnx {onnx.__version__}) is {newest}"
+        )
     functions = set(model.functions)
     graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
     for graph in graphs:

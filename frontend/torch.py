@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import inspect
+import io
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ from edgec.errors import OptionError, SourceError
 from edgec.frontend.sources import InputSpec
 
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+log = logging.getLogger(__name__)
 
 _SCOPES = "pkg.torch.onnx.name_scopes"
 
@@ -92,12 +94,42 @@ def _dynamic_shapes(
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """torch's exporters warn about their own internals (pytree deprecations): not the user's
-    concern, and noise on every compile."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        yield
+    """torch's exporters warn about their own internals (pytree deprecations) and print the
+    graph they failed on to stderr before raising: not the user's concern, and noise around
+    edgec's one-line error. What they print goes to edgec's debug log instead."""
+    printed = io.StringIO()
+    # torch's loggers have handlers of their own and reset their levels on export: their
+    # warnings are held back at the handlers, unless edgec itself logs (-v)
+    handlers = [] if log.isEnabledFor(logging.INFO) else _torch_handlers()
+    for handler in handlers:
+        handler.addFilter(_errors_only)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stderr(printed),
+            contextlib.redirect_stdout(printed),
+        ):
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(_errors_only)
+        if printed.getvalue().strip():
+            log.debug("torch printed:\n%s", printed.getvalue())
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
+def _torch_handlers() -> list[logging.Handler]:
+    loggers = [logging.getLogger("torch")] + [
+        logger
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if name.startswith("torch.") and isinstance(logger, logging.Logger)
+    ]
+    return list({id(h): h for logger in loggers for h in logger.handlers}.values())
 
 
 def _first_line(e: BaseException) -> str:

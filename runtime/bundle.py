@@ -6,26 +6,26 @@
       model.onnx       the artifact(s) of the back end
       reference.npz    one input and the unmodified model's output, for `edgec verify`
 
-A bundle is written to a temporary sibling folder and renamed into place, so an interrupted
-compile leaves nothing half written. This module needs only numpy and the standard library.
+A bundle is written to a staging folder and swapped into place whole (`runtime/staging.py`);
+readers notice a swap made while they read and read again (`consistent_read`). This module
+needs only numpy and the standard library.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from edgec.errors import BundleError, InputError
+from edgec.errors import BundleError, EdgecError, InputError
+from edgec.runtime import manifest_schema
 from edgec.version import BUNDLE_FORMAT_VERSION, __version__
 
 MANIFEST = "manifest.json"
@@ -33,9 +33,7 @@ FORMAT_MARKER = "edgec-bundle"  # manifest["format"]: what tells an edgec bundle
 REFERENCE = "reference.npz"
 
 Dim = int | str  # a static size, or the name of a dynamic axis
-
-
-KINDS = ("tensor", "sequence", "optional", "optional_sequence")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -163,23 +161,23 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         raw = json.loads(mpath.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise BundleError(f"bundle '{folder}': {MANIFEST} is malformed ({e})") from None
-    if not _marked(raw):
+    if not marked(raw):
         raise BundleError(f"'{folder}' is not an edgec bundle: its {MANIFEST} is not edgec's")
-    try:
-        version = int(raw["format_version"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise BundleError(f"bundle '{folder}': {MANIFEST} is malformed ({e})") from None
+    version = raw.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BundleError(f"bundle '{folder}': {MANIFEST} is malformed (no integer format_version)")
     if version > BUNDLE_FORMAT_VERSION:
         raise BundleError(
             f"bundle '{folder}' has format version {version}; this edgec ({__version__}) "
             f"reads up to {BUNDLE_FORMAT_VERSION}: upgrade edgec"
         )
-    try:
-        manifest = Manifest.from_json(raw)
-    except (KeyError, TypeError, AttributeError) as e:
-        raise BundleError(f"bundle '{folder}': {MANIFEST} is malformed ({e})") from None
-    if not isinstance(manifest.files, dict) or not isinstance(manifest.artifacts, dict):
-        raise BundleError(f"bundle '{folder}': {MANIFEST} is malformed (files, artifacts)")
+    reason = manifest_schema.problem(raw)
+    unknown = set(raw) - {f.name for f in fields(Manifest)}
+    if reason is None and unknown:
+        reason = f"unknown field '{sorted(unknown)[0]}'"
+    if reason is not None:
+        raise BundleError(f"bundle '{folder}': {MANIFEST} is malformed ({reason})")
+    manifest = Manifest.from_json(raw)
     for name in [*manifest.files, *manifest.artifacts.values()]:
         if not _inside(name):
             raise BundleError(
@@ -197,7 +195,7 @@ def _inside(name: object) -> bool:
     return not path.is_absolute() and all(part not in ("", ".", "..") for part in path.parts)
 
 
-def _marked(raw: object) -> bool:
+def marked(raw: object) -> bool:
     """Does this parsed manifest carry edgec's format marker? (Bundles written before the
     marker existed are recognised by their edgec version, format version and checksums.)"""
     if not isinstance(raw, dict):
@@ -213,21 +211,33 @@ def _marked(raw: object) -> bool:
 
 
 def check_files(folder: Path, manifest: Manifest) -> None:
-    """Check that every file the manifest lists exists with its recorded sha256."""
-    root = folder.resolve()
+    """Check that every file the manifest lists exists with its recorded sha256, and that the
+    folder holds nothing else: no file added after it was written (a back end could read it
+    unchecked, as ONNX external data), no symbolic link, nothing but regular files."""
+    for parent, dirs, names in os.walk(folder):
+        for name in [*dirs, *names]:
+            path = Path(parent, name)
+            rel = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                raise BundleError(f"bundle '{folder}': '{rel}' is a symbolic link")
+            if name in names and rel != MANIFEST and rel not in manifest.files:
+                raise BundleError(
+                    f"bundle '{folder}': file '{rel}' is not listed in {MANIFEST} "
+                    "(added after the bundle was written)"
+                )
+            if name in names and not path.is_file():
+                raise BundleError(f"bundle '{folder}': '{rel}' is not a regular file")
     for name, digest in manifest.files.items():
         p = folder / name
-        if p.is_symlink() or not p.resolve().is_relative_to(root):
-            raise BundleError(f"bundle '{folder}': file '{name}' links outside the bundle")
         if not p.is_file():
             raise BundleError(f"bundle '{folder}': file '{name}' is missing")
         if sha256_file(p) != digest:
             raise BundleError(
                 f"bundle '{folder}': checksum mismatch for '{name}' (the file was modified)"
             )
-    missing = [a for a in manifest.artifacts.values() if a not in manifest.files]
+    missing = [a for a in [*manifest.artifacts.values(), REFERENCE] if a not in manifest.files]
     if missing:
-        raise BundleError(f"bundle '{folder}': artifact '{missing[0]}' has no checksum")
+        raise BundleError(f"bundle '{folder}': file '{missing[0]}' has no checksum")
 
 
 def _flatten(role: str, values: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -253,6 +263,8 @@ def _flatten(role: str, values: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def _unflatten(role: str, z: Any) -> dict[str, Any]:
+    """The inverse of `_flatten`; KeyError/ValueError when the archive is not one of its."""
+
     def obj(a: np.ndarray) -> np.ndarray:
         return a.astype(object) if a.dtype.kind == "U" else a
 
@@ -264,7 +276,10 @@ def _unflatten(role: str, z: Any) -> dict[str, Any]:
         elif prefix == f"{role}.none":
             out[rest] = None
         elif prefix == f"{role}.seqlen":
-            out[rest] = [obj(z[f"{role}.seq/{i}/{rest}"]) for i in range(int(z[key]))]
+            count = z[key]
+            if count.shape != () or count.dtype.kind not in "iu" or not 0 <= count < 1 << 16:
+                raise ValueError(f"'{key}' is not a sequence length")
+            out[rest] = [obj(z[f"{role}.seq/{i}/{rest}"]) for i in range(int(count))]
     return out
 
 
@@ -273,61 +288,44 @@ def save_reference(folder: Path, inputs: dict[str, Any], outputs: dict[str, Any]
     np.savez(folder / REFERENCE, **arrays)  # type: ignore[arg-type]
 
 
-def load_reference(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    with np.load(folder / REFERENCE, allow_pickle=False) as z:
-        return _unflatten("input", z), _unflatten("output", z)
+def load_reference(bundle: Bundle) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stored reference input and output, checked against the manifest's inputs and
+    outputs (names, kinds, dtypes, static sizes); BundleError names what does not match.
+    Read once: `Bundle.open` reads it with the checksums, so both come from one bundle."""
+    if bundle.reference is None:
+        bundle.reference = _read_reference(bundle)
+    return bundle.reference
 
 
-def _is_bundle(folder: Path) -> bool:
-    """An edgec bundle, by its manifest's marker: a folder that merely holds some
-    manifest.json (a web app's, a browser extension's) is not one."""
+def _read_reference(bundle: Bundle) -> tuple[dict[str, Any], dict[str, Any]]:
+    path = bundle.path / REFERENCE
+    if not zipfile.is_zipfile(path):
+        raise BundleError(f"bundle '{bundle.path}': {REFERENCE} is not an npz archive")
     try:
-        return _marked(json.loads((folder / MANIFEST).read_text()))
-    except (OSError, ValueError):
-        return False
+        with np.load(path, allow_pickle=False) as z:
+            inputs, outputs = _unflatten("input", z), _unflatten("output", z)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BundleError(f"bundle '{bundle.path}': {REFERENCE} is unreadable ({reason})") from None
+    m = bundle.manifest
+    return _matching(bundle, "input", inputs, m.inputs), _matching(
+        bundle, "output", outputs, m.outputs
+    )
 
 
-def check_destination(dest: Path) -> None:
-    """Can a bundle be written to `dest`? BundleError if it holds something of the user's or
-    no folder on its way can be written (checked before a long compile, and again at the end)."""
-    if dest.exists() and not (dest.is_dir() and (_is_bundle(dest) or not any(dest.iterdir()))):
+def _matching(
+    bundle: Bundle, role: str, values: dict[str, Any], specs: list[TensorSpec]
+) -> dict[str, Any]:
+    names = [s.name for s in specs]
+    if sorted(values) != sorted(names):
         raise BundleError(
-            f"output '{dest}' exists and is not an edgec bundle; choose another output path"
+            f"bundle '{bundle.path}': {REFERENCE} holds the {role}s {sorted(values)}; "
+            f"{MANIFEST} declares {sorted(names)}"
         )
-    ancestor = dest.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise BundleError(
-            f"cannot write the bundle '{dest}': '{ancestor}' is not a writable folder"
-        )
-
-
-@contextlib.contextmanager
-def staged_bundle(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty staging folder; on success it replaces `dest` atomically.
-
-    The staging folder is a sibling of `dest` (same file system, so the final step is a
-    rename). On any exception, KeyboardInterrupt included, it is removed and `dest` is left
-    as it was. An existing `dest` is replaced only if it is empty or an edgec bundle: a folder
-    of the user's is never overwritten.
-    """
-    dest = Path(dest)
-    check_destination(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
     try:
-        yield stage
-        old = None
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-            os.rename(dest, old / "bundle")
-        os.rename(stage, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        return {s.name: s.coerce(values[s.name], f"{REFERENCE} {role}") for s in specs}
+    except InputError as e:
+        raise BundleError(f"bundle '{bundle.path}': {e}") from None
 
 
 def finalize_manifest(stage: Path, manifest: Manifest) -> None:
@@ -340,20 +338,57 @@ def finalize_manifest(stage: Path, manifest: Manifest) -> None:
     (stage / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
 
 
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        st = folder.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_ctime_ns
+
+
+def consistent_read(folder: Path, read: Callable[[Path], T], attempts: int = 5) -> T:
+    """`read(folder)`, read again if the bundle at `folder` was replaced meanwhile (another
+    edgec wrote a new one there; `runtime/staging.py` swaps whole folders), so that what is
+    returned comes from one bundle, never half of each. A file system fault (OSError) is a
+    BundleError naming the bundle."""
+    for _ in range(attempts):
+        before = _identity(folder)
+        try:
+            result = read(folder)
+        except (EdgecError, OSError) as e:
+            if _identity(folder) != before:
+                continue
+            if isinstance(e, OSError):
+                raise BundleError(f"cannot read bundle '{folder}': {e}") from None
+            raise
+        if _identity(folder) == before:
+            return result
+    raise BundleError(f"bundle '{folder}' was replaced while it was read, {attempts} times")
+
+
 @dataclass
 class Bundle:
-    """A bundle on disk: its folder and manifest. `Bundle.open(path)` checks checksums."""
+    """A bundle on disk: its folder and manifest. `Bundle.open(path)` checks the manifest,
+    every file's checksum and the reference against the manifest, from one bundle even while
+    another edgec replaces it."""
 
     path: Path
     manifest: Manifest
+    reference: tuple[dict[str, Any], dict[str, Any]] | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], check: bool = True) -> Bundle:
-        folder = Path(path)
-        manifest = read_manifest(folder)
+        return consistent_read(Path(path), lambda folder: cls.read(folder, check))
+
+    @classmethod
+    def read(cls, folder: Path, check: bool = True) -> Bundle:
+        """`open` without the retry: for a caller that reads more under its own
+        `consistent_read` (loading the artifacts too)."""
+        bundle = cls(folder, read_manifest(folder))
         if check:
-            check_files(folder, manifest)
-        return cls(folder, manifest)
+            check_files(folder, bundle.manifest)
+            load_reference(bundle)
+        return bundle
 
     def load(self, threads: int = 0) -> Any:
         from edgec.runtime.session import Session

@@ -10,6 +10,8 @@ import onnxruntime as ort
 
 from edgec.errors import BundleError
 
+ort.set_default_logger_severity(3)  # errors only: its warnings are about its internals
+
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -28,8 +30,6 @@ def session_options(
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
-    for key, value in options.get("config_entries", {}).items():
-        so.add_session_config_entry(key, str(value))
     if profile_prefix is not None:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix

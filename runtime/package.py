@@ -103,7 +103,7 @@ def package_embed(bundle: Bundle, out: Path, build: bool = False) -> Path:
     for name in ("edgec_runtime.hpp", "run_bundle.cc"):
         shutil.copy2(EMBED_SOURCES / name, out / name)
     shutil.copy2(bundle.path / m.artifacts["model"], out / "model.so")
-    inputs, outputs = load_reference(bundle.path)
+    inputs, outputs = load_reference(bundle)
     lines = []
     for role, specs, data in (("input", m.inputs, inputs), ("output", m.outputs, outputs)):
         folder = out / ("inputs" if role == "input" else "expected")

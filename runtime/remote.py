@@ -112,7 +112,7 @@ class RemoteDevice:
     ) -> VerifyReport:
         """Run the reference input on the device and compare with the reference output."""
         if inputs is None or expected is None:
-            inputs, expected = load_reference(bundle.path)
+            inputs, expected = load_reference(bundle)
         got = self.run(bundle, inputs)
         tol = tolerance if tolerance is not None else bundle.manifest.reference["tolerance"]
         return VerifyReport({k: rel_error(got[k], v) for k, v in expected.items()}, float(tol))
@@ -122,7 +122,7 @@ class RemoteDevice:
     ) -> ProfileReport:
         """The same report as a local run, timed by the device's clock."""
         check_counts(runs, warmup, threads)
-        feeds, _ = load_reference(bundle.path)
+        feeds, _ = load_reference(bundle)
         start = time.perf_counter()
         vm, dev = self._load(bundle, threads)
         args = self._args(bundle, feeds, dev)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgec.errors import BundleError, InputError
-from edgec.runtime.bundle import Bundle, TensorSpec, load_reference
+from edgec.runtime.bundle import Bundle, TensorSpec, consistent_read, load_reference
 from edgec.runtime.compare import rel_error
 
 Inputs = Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.ndarray
@@ -125,7 +125,7 @@ class Session:
 
     def reference(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """The stored reference input and the unmodified model's output on it."""
-        return load_reference(self.bundle.path)
+        return load_reference(self.bundle)
 
     def verify(self, tolerance: float | None = None) -> VerifyReport:
         """Run the reference input and compare with the stored reference output."""
@@ -137,4 +137,6 @@ class Session:
 
 def load(path: str | os.PathLike[str], threads: int = 0, check: bool = True) -> Session:
     """Open a bundle folder: checks format version and every file's sha256 first."""
-    return Session(Bundle.open(Path(path), check=check), threads=threads)
+    return consistent_read(
+        Path(path), lambda folder: Session(Bundle.read(folder, check=check), threads=threads)
+    )

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import edgec
 from edgec.errors import InputError, OptionError, UnsupportedTypeError
 from edgec.frontend import prepare
-from edgec.runtime.bundle import load_reference
+from edgec.runtime.bundle import Bundle, load_reference
 
 
 def _model(nodes, inputs, outputs, inits=(), opset: int = 17) -> onnx.ModelProto:
@@ -67,12 +67,12 @@ def test_declared_scalar_stays_a_scalar(tmp_path: Path) -> None:
         [_vi("y", TensorProto.FLOAT, [3])],
     )
     edgec.compile(model, output=tmp_path / "b", backend="onnxruntime")
-    inputs, _ = load_reference(tmp_path / "b")
+    inputs, _ = load_reference(Bundle.open(tmp_path / "b"))
     assert inputs["k"].shape == ()
     given = {"x": np.ones(3, np.float32), "k": np.array(2.5, np.float32)}
     bundle = edgec.compile(model, output=tmp_path / "c", backend="onnxruntime", inputs=given)
     assert bundle.manifest.inputs[1].shape == ()
-    inputs, outputs = load_reference(tmp_path / "c")
+    inputs, outputs = load_reference(Bundle.open(tmp_path / "c"))
     assert float(inputs["k"]) == 2.5 and np.array_equal(outputs["y"], np.full(3, 2.5))
 
 
@@ -82,7 +82,7 @@ def test_shape_input_needs_real_values(tmp_path: Path) -> None:
     assert "\n" not in str(e.value)
     given = {"shape": np.array([6], np.int64)}
     edgec.compile(_reshape_by_input(), output=tmp_path / "b", backend="onnxruntime", inputs=given)
-    inputs, _ = load_reference(tmp_path / "b")
+    inputs, _ = load_reference(Bundle.open(tmp_path / "b"))
     assert inputs["shape"].tolist() == [6] and inputs["x"].shape == (2, 3)
 
 
@@ -109,7 +109,7 @@ def test_cli_inputs_from_files(cli, tmp_path: Path) -> None:
     assert r.code == 0, r.err
     r = cli("compile", src, "-o", tmp_path / "b", "--inputs", tmp_path / "all.npz")
     assert r.code == 0, r.err
-    inputs, outputs = load_reference(tmp_path / "b")
+    inputs, outputs = load_reference(Bundle.open(tmp_path / "b"))
     assert np.array_equal(inputs["x"], x) and np.array_equal(outputs["y"], x.reshape(6))
     r = cli("compile", src, "-o", tmp_path / "c")
     assert r.code == 2 and "Reshape" in r.err and "--input" in r.err
@@ -176,7 +176,7 @@ def test_sequence_input_and_output(tmp_path: Path) -> None:
 def test_torch_module_takes_named_inputs(tiny_net, tmp_path: Path) -> None:
     x = np.random.default_rng(3).standard_normal((1, 3, 12, 12)).astype(np.float32)
     edgec.compile(tiny_net, output=tmp_path / "b", inputs={"x": x}, backend="onnxruntime")
-    inputs, _ = load_reference(tmp_path / "b")
+    inputs, _ = load_reference(Bundle.open(tmp_path / "b"))
     assert np.array_equal(inputs["x"], x)
     with pytest.raises(InputError, match="'y' is not an input"):
         edgec.compile(tiny_net, output=tmp_path / "c", inputs={"y": x})

@@ -229,7 +229,7 @@ def test_cpp_host_runs_the_bundle_and_matches(target: str, tmp_path: Path) -> No
     run = subprocess.run(cmd, cwd=e, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     got = np.fromfile(e / "out" / "y.bin", dtype=np.float32)
-    inputs, _ = load_reference(bundle.path)
+    inputs, _ = load_reference(bundle)
     # against onnxruntime on the unmodified model, on the packaged (reference) input
     expected = ort.InferenceSession(str(path)).run(None, inputs)[0].ravel()
     assert got.shape == expected.shape
