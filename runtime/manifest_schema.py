@@ -57,8 +57,8 @@ def problem(raw: dict[str, Any]) -> str | None:
 
 def _tensors(raw: dict[str, Any], role: str) -> str | None:
     specs = raw[role]
-    if not isinstance(specs, list) or not specs:
-        return f"'{role}' is not a non-empty list"
+    if not isinstance(specs, list) or (role == "outputs" and not specs):
+        return f"'{role}' is not a list" + (" of at least one" if role == "outputs" else "")
     names = set()
     for i, spec in enumerate(specs):
         where = f"{role}[{i}]"

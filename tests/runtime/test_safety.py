@@ -72,7 +72,8 @@ MANIFEST_EDITS = {
     "reference a string": (_set("reference", "x"), "'reference' is not a map"),
     "tolerance nan": (_set("reference.tolerance", float("nan")), "tolerance nan"),
     "tolerance negative": (_set("reference.tolerance", -1), "tolerance -1"),
-    "inputs a string": (_set("inputs", "x"), "'inputs' is not a non-empty list"),
+    "inputs a string": (_set("inputs", "x"), "'inputs' is not a list"),
+    "no outputs": (_set("outputs", []), "'outputs' is not a list of at least one"),
     "shape a string": (
         lambda raw: raw["inputs"][0].__setitem__("shape", "abc"),
         "input 'x' has a malformed shape",
