@@ -18,13 +18,13 @@ from edgec.errors import EdgecError
 from edgec.version import __version__
 
 if TYPE_CHECKING:
-    from edgec.api import compile, load
+    from edgec.api import compile, explain, load
 
-__all__ = ["EdgecError", "__version__", "compile", "load"]
+__all__ = ["EdgecError", "__version__", "compile", "explain", "load"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("compile", "load"):
+    if name in ("compile", "explain", "load"):
         from edgec import api
 
         return getattr(api, name)

@@ -77,6 +77,7 @@ def compile(
     tune_time: float | None = None,
     device: str | None = None,
     binarize: str | None = None,
+    explain: bool | str = False,
     on_step: Callable[[str], None] | None = None,
 ) -> Bundle:
     """Compile `source` for `target` into a bundle folder; returns the bundle.
@@ -99,12 +100,15 @@ def compile(
       Conv layers are binarized after the pipeline (`edgec.passes.binarize_layers`), each
       layer's output error on the sample inputs is reported, and the binarized model becomes
       the reference the bundle is checked against.
+    explain: True, or the name of one pass: each pass report in the manifest (`passes`) also
+      lists every rewrite that fired and every candidate left alone, with its nodes and why.
     """
     from edgec import frontend
     from edgec.graph_stats import binary_summary, graph_stats
     from edgec.irutil import output_specs
     from edgec.passes import PassManager, get_pipeline
     from edgec.passes.cleanup import InferShapes
+    from edgec.passes.pipelines import check_explain
     from edgec.targets import CompileOptions
 
     def step(message: str) -> None:
@@ -118,6 +122,7 @@ def compile(
             "--tune, --tune-time and --mcpu apply to the TVM back end; "
             f"target '{target}' with back end '{backend}' builds none"
         )
+    check_explain(candidates[0].pipeline, explain)
     out = Path(output) if output is not None else default_output(source, target)
     check_destination(out)  # before the long work, not after it
     timings: dict[str, float] = {}
@@ -143,7 +148,7 @@ def compile(
     pipeline = candidates[0].pipeline
     step(f"running the '{pipeline}' pipeline" + (" (verified)" if verify else ""))
     t0 = time.perf_counter()
-    manager = PassManager(get_pipeline(pipeline), verify, tolerance, prepared.inputs)
+    manager = PassManager(get_pipeline(pipeline), verify, tolerance, prepared.inputs, explain)
     reports = manager.run(prepared.model)
     timings["passes_s"] = time.perf_counter() - t0
     binarization = None
@@ -255,6 +260,30 @@ def compile(
 
 
 _UPSTREAM = ("tvm", "tvm_ffi", "onnxruntime")
+
+
+def explain(
+    source: Any,
+    target: str = "cpu",
+    *,
+    input_shapes: dict[str, Any] | list[str] | None = None,
+    dynamic_axes: list[str] | None = None,
+    passes: bool | str = True,
+) -> list[Any]:
+    """Run `target`'s pipeline on `source` as `compile` would, write nothing, and return the
+    pass reports with what each pass fired and left alone, and why (`passes`: True for all,
+    or one pass's name)."""
+    from edgec import frontend
+    from edgec.passes import PassManager, get_pipeline
+    from edgec.passes.cleanup import InferShapes
+    from edgec.passes.pipelines import check_explain
+    from edgec.targets import get_target
+
+    pipeline = get_target(target).pipeline
+    check_explain(pipeline, passes)
+    model = frontend.load(source, input_shapes=input_shapes, dynamic_axes=dynamic_axes)
+    InferShapes()(model)
+    return PassManager(get_pipeline(pipeline), explain=passes).run(model)
 
 
 def _upstream_fault(e: BaseException) -> bool:

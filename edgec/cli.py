@@ -62,6 +62,18 @@ def _threads_option(default: int, text: str) -> Callable[[Any], Any]:
 QUIET_LIBRARIES = ("torch", "onnx_ir", "onnxscript", "onnx", "tvm")
 
 
+def _explain_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--explain",
+        is_flag=False,
+        flag_value="*",
+        default=None,
+        metavar="[PASS]",
+        help="Show what each pass (or PASS alone) rewrote and every candidate it left alone, "
+        "with its nodes and why.",
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgec")
 @click.option("-v", "--verbose", count=True, help="Log what edgec does (-vv: debug).")
@@ -182,6 +194,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
     help="Binarize the Linear and 1x1 Conv layers whose names match (post-training: sign "
     "with per-channel mean-|W| scales, calibrated input offsets); reports each layer's error.",
 )
+@_explain_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile(
     source: str,
@@ -203,6 +216,7 @@ def compile(
     threads: int,
     device: str | None,
     binarize: str | None,
+    explain: str | None,
     as_json: bool,
 ) -> None:
     """Compile SOURCE for a target into a bundle folder.
@@ -238,6 +252,7 @@ def compile(
             threads=threads,
             device=device,
             binarize=binarize,
+            explain=_explain_value(explain),
             on_step=lambda s: status.update(s),
         )
     seconds = time.perf_counter() - start
@@ -247,6 +262,8 @@ def compile(
         return
     if report:
         _print_pass_report(m.passes)
+    if explain is not None:
+        _print_explain(m.passes)
     before, after = m.stats["before"], m.stats["after"]
     out.print(
         f"[bold green]compiled[/] {source} -> [bold]{bundle.path}[/] "
@@ -335,6 +352,35 @@ def _print_selection(sel: dict[str, Any], detailed: bool) -> None:
                 tuned,
             )
         out.print(table)
+
+
+def _explain_value(explain: str | None) -> bool | str:
+    """--explain's value for the API: False (absent), True (all passes) or a pass name."""
+    return False if explain is None else True if explain == "*" else explain
+
+
+def _print_explain(passes: list[dict[str, Any]]) -> None:
+    """Each pass's candidates, each once (at the first round that saw it)."""
+    seen: set[tuple[Any, ...]] = set()
+    for p in passes:
+        fresh = []
+        for c in p.get("explained") or []:
+            key = (p["name"], c["rule"], tuple(c["nodes"]), c["fired"], c["reason"])
+            if key not in seen:
+                seen.add(key)
+                fresh.append(c)
+        if not fresh:
+            continue
+        out.print(f"[bold]{p['name']}[/] (round {p['round']}):")
+        for c in fresh:
+            where = ", ".join(
+                f"{n or '?'} ({op})" for n, op in zip(c["nodes"], c["ops"], strict=True)
+            )
+            what = "[green]fired[/]     " if c["fired"] else "[yellow]left alone[/]"
+            why = "" if c["fired"] else f": {c['reason']}"
+            out.print(f"  {what} {c['rule']}: {where}{why}", highlight=False, soft_wrap=True)
+    if not seen:
+        out.print("explain: no pass found a candidate (no rule matched any part of the graph)")
 
 
 def _print_pass_report(passes: list[dict[str, Any]]) -> None:
@@ -545,15 +591,41 @@ def profile(
     metavar="NAME=DxD..[:DTYPE]",
     help="For a torch source: its input shapes.",
 )
+@click.option(
+    "-t", "--target", default="cpu", show_default=True, help="With --explain: whose pipeline."
+)
+@_explain_option()
 @click.option("--json", "as_json", is_flag=True)
-def inspect(what: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
+def inspect(
+    what: str, input_shapes: tuple[str, ...], target: str, explain: str | None, as_json: bool
+) -> None:
     """Describe a bundle folder or a source: ops, parameters, MACs, inputs/outputs, passes.
 
     For a bundle with binarized layers: their bits of storage per weight, the share of MACs
     that are bit operations, and the bundle's size against the float32 model.
+
+    With --explain, a source is run through TARGET's pipeline (nothing is written) and each
+    pass shows what it rewrote and what it left alone, and why.
     """
     from edgec.runtime.bundle import MANIFEST, Bundle
 
+    if explain is not None and not (Path(what) / MANIFEST).is_file():
+        from edgec.api import explain as explain_source
+
+        reports = explain_source(
+            what, target, input_shapes=list(input_shapes), passes=_explain_value(explain)
+        )
+        passes = [r.to_json() for r in reports]
+        if as_json:
+            _json({"source": what, "target": target, "passes": passes})
+        else:
+            _print_explain(passes)
+        return
+    if explain is not None and not any("explained" in p for p in Bundle.open(what).manifest.passes):
+        raise OptionError(
+            f"bundle '{what}' was compiled without --explain: inspect its source with "
+            "--explain, or compile it with --explain"
+        )
     if (Path(what) / MANIFEST).is_file():
         bundle = Bundle.open(what)
         m = bundle.manifest
@@ -593,6 +665,8 @@ def inspect(what: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
         return
     try:
         _print_inspect(info)
+        if explain is not None:
+            _print_explain(info["passes"])
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, NotRenderableError) as e:
         if "bundle" not in info:
             raise

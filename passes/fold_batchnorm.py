@@ -1,5 +1,5 @@
 """BatchNormalization(Conv(x)) -> Conv(x), and its neighbours: BN folded into the linear op
-next to it.
+next to it, one rule per case.
 
 BN(y) = s * y + t per channel, s = gamma / sqrt(var + eps), t = beta - mean * s, so
 
@@ -12,137 +12,275 @@ BN(y) = s * y + t per channel, s = gamma / sqrt(var + eps), t = beta - mean * s,
                                                                            pads nothing, or t = 0)
     BN(A) B               = A (s[:, None] B) + t B                        (Gemm, 2-D, no transA)
 
-Left alone: BN in training mode, BN whose statistics are not constants, BN before a padded
-conv with a non-zero shift (padding would read 0 where the folded conv expects t), BN on a
-MatMul output of rank > 2 (its channel axis 1 is not MatMul's feature axis), and linear ops
-whose output has other readers.
+The first three are onnxscript's rules (`rules/common/_fuse_batchnorm.py`) with edgec's checks
+added; the others are edgec's. Left alone, each with its reason (`edgec compile --explain`):
+BN in training mode, BN whose statistics are not float32 constants, BN before a padded conv
+with a non-zero shift (padding would read 0 where the folded conv expects t), BN on a MatMul
+output of rank > 2 (its channel axis 1 is not MatMul's feature axis), and an intermediate
+value that something else reads (the matcher's own reason).
 """
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
 import onnx_ir as ir
-
-from edgec.passes._ir import (
-    as_f32,
-    bypass,
-    f32,
-    gemm_params,
-    is_op,
-    live_nodes,
-    only_consumer,
-    set_const_input,
-    set_gemm,
-    weight_bias,
+from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter.rules.common._fuse_batchnorm import (
+    FuseBatchNormIntoConv,
+    FuseBatchNormIntoConvTranspose,
+    FuseBatchNormIntoGemm,
 )
-from edgec.passes.base import EdgecPass
+
+from edgec.passes._ir import f32, is_op
+from edgec.passes.rules import Rule, RulePass
 
 
 def bn_affine(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
-    """(s, t) with BN(y) = s * y + t along axis 1, or None if BN is not a constant affine."""
-    if not is_op(node, "BatchNormalization") or node.attributes.get_int("training_mode", 0):
+    """(s, t) with BN(y) = s * y + t along axis 1, or None if `node` is no such BN."""
+    if not is_op(node, "BatchNormalization"):
         return None
+    affine = bn_affine_or_why(node)
+    return None if isinstance(affine, str) else affine
+
+
+def bn_affine_or_why(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | str:
+    """(s, t) with BN(y) = s * y + t along axis 1, or why BN is not a constant affine."""
+    if node.attributes.get_int("training_mode", 0):
+        return "BatchNormalization in training mode (batch statistics): not an affine"
     if any(o is not None and (o.is_graph_output() or list(o.uses())) for o in node.outputs[1:]):
-        return None
+        return "BatchNormalization's running statistics are read: training form"
     arrays = [f32(v) for v in node.inputs[1:5]]
     if any(a is None for a in arrays):
-        return None
+        return "BatchNormalization's scale, shift, mean or variance is not a float32 constant"
     gamma, beta, mean, var = (a.astype(np.float64) for a in arrays)  # type: ignore[union-attr]
     eps = node.attributes.get_float("epsilon", 1e-5)
     s = gamma / np.sqrt(var + eps)
     return s, beta - mean * s
 
 
-def _rank(value: ir.Value) -> int | None:
-    return len(value.shape) if value.shape is not None else None
+def _weights(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None] | str:
+    """A linear op's float32 constant weight and bias (None if absent), or why not."""
+    w = f32(node.inputs[1]) if len(node.inputs) > 1 else None
+    if w is None:
+        return f"the {node.op_type}'s weight is not a float32 constant"
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    b = f32(bias)
+    if bias is not None and b is None:
+        return f"the {node.op_type}'s bias is not a float32 constant"
+    return w, b
 
 
-def _fold_into_producer(bn: ir.Node, s: np.ndarray, t: np.ndarray) -> bool:
-    x = bn.inputs[0]
-    assert x is not None
-    op = x.producer()
-    if op is None or only_consumer(x) is not bn:
-        return False
-    params = weight_bias(op) if is_op(op, "Conv", "ConvTranspose") else None
-    if params is not None:
-        w, b = params
-        if op.op_type == "Conv":
-            w_new = w * s.reshape(-1, *([1] * (w.ndim - 1)))
-        else:  # ConvTranspose weight: (Cin, Cout / groups, k...)
-            g = op.attributes.get_int("group", 1)
-            cin, cout_g = w.shape[0], w.shape[1]
-            grouped = w.reshape(g, cin // g, cout_g, *w.shape[2:])
-            w_new = (grouped * s.reshape(g, 1, cout_g, *([1] * (w.ndim - 2)))).reshape(w.shape)
-        b_new = (b if b is not None else 0.0) * s + t
-        set_const_input(op, 1, as_f32(w_new), "weight")
-        set_const_input(op, 2, as_f32(b_new), "bias")
-        return bypass(bn, x)
-    if _rank(x) != 2:
-        return False
-    gemm = gemm_params(op)
-    if gemm is not None:  # transA does not matter: BN scales output columns
-        w, c, alpha, beta, trans_b = gemm
-        cols = s[:, None] if trans_b else s[None, :]
-        set_gemm(op, alpha * w * cols, (beta * c if c is not None else 0.0) * s + t)
-        return bypass(bn, x)
-    if is_op(op, "Add"):  # MatMul(x, W) + c
-        mm = op.inputs[0].producer() if op.inputs[0] is not None else None
-        c = f32(op.inputs[1])
-        if not is_op(mm, "MatMul") or c is None or only_consumer(op.inputs[0]) is not op:
-            return False
-        w = f32(mm.inputs[1])
-        if w is None or w.ndim != 2:
-            return False
-        set_const_input(mm, 1, as_f32(w.astype(np.float64) * s[None, :]), "weight")
-        set_const_input(op, 1, as_f32(c.astype(np.float64) * s + t), "bias")
-        return bypass(bn, x)
-    return False
+def _edgec_checks(result: MatchResult, inbound: ir.Value, bn_out: ir.Value) -> MatchResult:
+    """What edgec requires beyond onnxscript's BN rules: an inference-mode BN of float32
+    constants, and a float32 linear op (edgec folds float32 layers only)."""
+    if not result:
+        return result
+    affine = bn_affine_or_why(bn_out.producer())  # type: ignore[arg-type]
+    if isinstance(affine, str):
+        return result.fail(affine)
+    weights = _weights(inbound.producer())  # type: ignore[arg-type]
+    if isinstance(weights, str):
+        return result.fail(weights)
+    return result
 
 
-def _fold_into_consumer(bn: ir.Node, s: np.ndarray, t: np.ndarray) -> bool:
-    y = bn.outputs[0]
-    op = only_consumer(y)
-    x = bn.inputs[0]
-    if op is None or x is None or op.inputs[0] is not y:
-        return False
-    params = weight_bias(op) if is_op(op, "Conv") else None
-    if params is not None:
-        w, b = params
-        pads = op.attributes.get_ints("pads", [0])
-        auto_pad = op.attributes.get_string("auto_pad", "NOTSET")
+class _EdgecChecked:
+    """onnxscript's BN rule (the next base class), named, with `_edgec_checks` added."""
+
+    rule_name: ClassVar[str]
+
+    def __init__(self) -> None:
+        super().__init__(name=self.rule_name)  # type: ignore[call-arg]
+
+    def check(self, context: Any, x: ir.Value, inbound_out: ir.Value, batchnorm_out: ir.Value):
+        result = super().check(context, x, inbound_out, batchnorm_out)  # type: ignore[misc]
+        return _edgec_checks(result, inbound_out, batchnorm_out)
+
+
+class FoldIntoConv(_EdgecChecked, FuseBatchNormIntoConv):
+    """BN(Conv(x)) -> Conv(x)."""
+
+    rule_name = "bn_into_conv"
+
+
+class FoldIntoConvTranspose(_EdgecChecked, FuseBatchNormIntoConvTranspose):
+    """BN(ConvTranspose(x)) -> ConvTranspose(x) (any groups)."""
+
+    rule_name = "bn_into_conv_transpose"
+
+
+class FoldIntoGemm(_EdgecChecked, FuseBatchNormIntoGemm):
+    """BN(Gemm(a)) -> Gemm(a)."""
+
+    rule_name = "bn_into_gemm"
+
+
+def _initializer(op: Any, array: np.ndarray, like: ir.Value | None, role: str) -> ir.Value:
+    name = f"{like.name}_bn" if like is not None and like.name else f"bn_folded_{role}"
+    return op.initializer(ir.tensor(array.astype(np.float32)), name=name)
+
+
+class FoldIntoMatMulAdd(Rule):
+    """BN(MatMul(x, W) + c) -> MatMul(x, W * s) + (c * s + t), for 2-D x."""
+
+    name = "bn_into_matmul_add"
+
+    def pattern(self, op: Any, x: ir.Value, w: ir.Value, c: ir.Value) -> ir.Value:
+        return op.BatchNormalization(
+            op.Add(op.MatMul(x, w), c), _allow_other_inputs=True, _outputs=["bn_out"]
+        )
+
+    def check(self, context: Any, x: ir.Value, w: ir.Value, c: ir.Value, bn_out: ir.Value):
+        affine = bn_affine_or_why(bn_out.producer())  # type: ignore[arg-type]
+        if isinstance(affine, str):
+            return self.fail(affine)
+        if x.shape is None or len(x.shape) != 2:
+            return self.fail("MatMul input is not 2-D: BN's channel axis 1 is not its features")
+        weight, bias = f32(w), f32(c)
+        if weight is None or weight.ndim != 2 or bias is None:
+            return self.fail("the MatMul weight or the added bias is not a float32 constant")
+        return self.ok()
+
+    def rewrite(self, op: Any, x: ir.Value, w: ir.Value, c: ir.Value, bn_out: ir.Value):
+        s, t = bn_affine_or_why(bn_out.producer())  # type: ignore[arg-type,misc]
+        weight = f32(w).astype(np.float64) * s[None, :]  # type: ignore[union-attr]
+        bias = f32(c).astype(np.float64) * s + t  # type: ignore[union-attr]
+        return op.Add(
+            op.MatMul(x, _initializer(op, weight, w, "weight")), _initializer(op, bias, c, "bias")
+        )
+
+
+class _BnIntoNext(Rule):
+    """BN whose output only the next linear op (`next_op`) reads, folded into its weights;
+    subclasses say when that is not exact (`why_not`) and build the folded op (`folded`)."""
+
+    next_op: ClassVar[str]
+
+    def pattern(self, op: Any, x: ir.Value) -> ir.Value:
+        bn = op.BatchNormalization(x, _allow_other_inputs=True, _outputs=["bn_out"])
+        return getattr(op, self.next_op)(bn, _allow_other_inputs=True, _outputs=["out"])
+
+    def check(self, context: Any, x: ir.Value, bn_out: ir.Value, out: ir.Value):
+        affine = bn_affine_or_why(bn_out.producer())  # type: ignore[arg-type]
+        if isinstance(affine, str):
+            return self.fail(affine)
+        node = out.producer()
+        assert node is not None
+        weights = _weights(node)
+        if isinstance(weights, str):
+            return self.fail(weights)
+        reason = self.why_not(x, node, affine[1])
+        return self.fail(reason) if reason else self.ok()
+
+    def why_not(self, x: ir.Value, node: ir.Node, t: np.ndarray) -> str | None:
+        return None
+
+    def rewrite(self, op: Any, x: ir.Value, bn_out: ir.Value, out: ir.Value):
+        s, t = bn_affine_or_why(bn_out.producer())  # type: ignore[arg-type,misc]
+        node = out.producer()
+        assert node is not None
+        w, b = _weights(node)  # type: ignore[misc]
+        return self.folded(op, x, node, s, t, w.astype(np.float64), b)
+
+    def folded(
+        self,
+        op: Any,
+        x: ir.Value,
+        node: ir.Node,
+        s: np.ndarray,
+        t: np.ndarray,
+        w: np.ndarray,
+        b: np.ndarray | None,
+    ) -> ir.Value:
+        raise NotImplementedError
+
+
+class FoldIntoNextConv(_BnIntoNext):
+    """Conv(BN(x), W, b) -> Conv(x, W * s[i], b + sum W t[i]): exact only when the Conv pads
+    nothing or the shift t is 0 (padding reads 0, where the folded Conv would need t)."""
+
+    name = "bn_into_next_conv"
+    next_op = "Conv"
+
+    def why_not(self, x: ir.Value, node: ir.Node, t: np.ndarray) -> str | None:
+        pads = node.attributes.get_ints("pads", [0])
+        auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
         if (any(pads) or auto_pad not in ("NOTSET", "VALID")) and np.any(t != 0):
-            return False
-        g = op.attributes.get_int("group", 1)
+            return "BN before a padded Conv with a nonzero shift: not exact"
+        return None
+
+    def folded(
+        self,
+        op: Any,
+        x: ir.Value,
+        node: ir.Node,
+        s: np.ndarray,
+        t: np.ndarray,
+        w: np.ndarray,
+        b: np.ndarray | None,
+    ) -> ir.Value:
+        g = node.attributes.get_int("group", 1)
         cout, cin_g = w.shape[0], w.shape[1]
         # input channel of W[o, i]: (o // (cout // g)) * cin_g + i
         idx = (np.arange(cout)[:, None] // (cout // g)) * cin_g + np.arange(cin_g)[None, :]
         shape = (cout, cin_g, *([1] * (w.ndim - 2)))
-        w_new = w * s[idx].reshape(shape)
         shift = (w * t[idx].reshape(shape)).sum(axis=tuple(range(1, w.ndim)))
-        b_new = (b if b is not None else 0.0) + shift
-        set_const_input(op, 1, as_f32(w_new), "weight")
-        set_const_input(op, 2, as_f32(b_new), "bias")
-        return bypass(bn, x)
-    gemm = gemm_params(op)
-    if gemm is not None and _rank(x) == 2 and not op.attributes.get_int("transA", 0):
-        w, c, alpha, beta, trans_b = gemm
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        return op.Conv(
+            x,
+            _initializer(op, w * s[idx].reshape(shape), node.inputs[1], "weight"),
+            _initializer(op, (b if b is not None else 0.0) + shift, bias, "bias"),
+            **node.attributes,
+        )
+
+
+class FoldIntoNextGemm(_BnIntoNext):
+    """Gemm(BN(a), B, C) -> Gemm(a, alpha s B, alpha t B + beta C), 2-D a, no transA."""
+
+    name = "bn_into_next_gemm"
+    next_op = "Gemm"
+
+    def why_not(self, x: ir.Value, node: ir.Node, t: np.ndarray) -> str | None:
+        if node.attributes.get_int("transA", 0):
+            return "the Gemm transposes its input (transA): BN's channels are its rows"
+        if x.shape is None or len(x.shape) != 2:
+            return "the Gemm input's rank is unknown"
+        return None
+
+    def folded(
+        self,
+        op: Any,
+        x: ir.Value,
+        node: ir.Node,
+        s: np.ndarray,
+        t: np.ndarray,
+        w: np.ndarray,
+        b: np.ndarray | None,
+    ) -> ir.Value:
+        alpha = node.attributes.get_float("alpha", 1.0)
+        beta = node.attributes.get_float("beta", 1.0)
+        trans_b = node.attributes.get_int("transB", 0)
         wk = w.T if trans_b else w  # (K, N)
         w_new = alpha * s[:, None] * wk
-        c_new = alpha * (t @ wk) + (beta * c if c is not None else 0.0)
-        set_gemm(op, w_new.T if trans_b else w_new, c_new)
-        return bypass(bn, x)
-    return False
+        c_new = alpha * (t @ wk) + (beta * b if b is not None else 0.0)
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        return op.Gemm(
+            x,
+            _initializer(op, w_new.T if trans_b else w_new, node.inputs[1], "weight"),
+            _initializer(op, np.asarray(c_new), bias, "bias"),
+            transB=trans_b,
+        )
 
 
-class FoldBatchnorm(EdgecPass):
+class FoldBatchnorm(RulePass):
     name = "fold_batchnorm"
-
-    def rewrite(self, model: ir.Model) -> int:
-        fired = 0
-        for node in live_nodes(model):
-            affine = bn_affine(node)
-            if affine is None:
-                continue
-            if _fold_into_producer(node, *affine) or _fold_into_consumer(node, *affine):
-                fired += 1
-        return fired
+    rules = (
+        FoldIntoConv,
+        FoldIntoConvTranspose,
+        FoldIntoGemm,
+        FoldIntoMatMulAdd,
+        FoldIntoNextConv,
+        FoldIntoNextGemm,
+    )

@@ -4,6 +4,10 @@ With verify on, onnxruntime runs the graph before the first pass and after every
 the same inputs; a pass whose outputs differ from the graph before it by more than the
 tolerance (relative error, see `edgec.runtime.compare`) stops the compile with an error that
 names it. The IR is checked with `onnx.checker` after every pass, too.
+
+With `explain` (True, or a pass name for that pass alone) every report also lists what the
+pass looked at: each rewrite that fired and each candidate left alone, with its nodes and the
+reason (`edgec compile --explain`).
 """
 
 from __future__ import annotations
@@ -44,9 +48,13 @@ class PassReport:
     macs_after: int
     seconds: float
     max_rel_error: float | None = None  # against the graph before this pass, when verified
+    explained: list[dict[str, Any]] | None = None  # with explain: fired / left alone and why
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.explained is None:
+            del d["explained"]
+        return d
 
 
 class PassManager:
@@ -56,9 +64,11 @@ class PassManager:
         verify: bool = False,
         tolerance: float = DEFAULT_TOLERANCE,
         inputs: dict[str, np.ndarray] | None = None,
+        explain: bool | str = False,
     ) -> None:
         if verify and inputs is None:
             raise ValueError("verify needs inputs")
+        self.explain = explain
         self.steps = steps
         self.verify = verify
         self.tolerance = tolerance
@@ -80,8 +90,12 @@ class PassManager:
                 self._run_pass(step, model, 1)
         return self.reports
 
+    def _explains(self, pass_: EdgecPass) -> bool:
+        return self.explain is True or self.explain == pass_.name
+
     def _run_pass(self, pass_: EdgecPass, model: ir.Model, round_: int) -> int:
         before = graph_stats(model)
+        pass_.explain = self._explains(pass_)
         start = time.perf_counter()
         pass_(model)
         seconds = time.perf_counter() - start
@@ -98,6 +112,8 @@ class PassManager:
             macs_after=after.macs,
             seconds=seconds,
         )
+        if pass_.explain:
+            report.explained = [c.to_json() for c in pass_.explained]
         self.reports.append(report)
         if self.verify and pass_.rewrites:
             report.max_rel_error = self._check(pass_.name, model)

@@ -52,15 +52,17 @@ def _leaves(add: ir.Node) -> list[ir.Value] | None:
     return out
 
 
-def _geometry(node: ir.Node, k: int) -> tuple[tuple[int, ...], int] | None:
-    """(strides, groups) of a centred, undilated k x k op, else None."""
+def _geometry(node: ir.Node, k: int) -> tuple[tuple[int, ...], int] | str:
+    """(strides, groups) of a centred, undilated k x k op, else why not."""
     a = node.attributes
-    if k % 2 == 0 or a.get_string("auto_pad", "NOTSET") != "NOTSET":
-        return None
+    if k % 2 == 0:
+        return f"'{node.name}' has an even kernel ({k}x{k}): no centre tap"
+    if a.get_string("auto_pad", "NOTSET") != "NOTSET":
+        return f"'{node.name}' pads by auto_pad"
     if any(d != 1 for d in a.get_ints("dilations", [1])):
-        return None
+        return f"'{node.name}' is dilated"
     if any(p != k // 2 for p in a.get_ints("pads", [0, 0, 0, 0])):
-        return None
+        return f"'{node.name}' is an uncentred kernel (pads != {k // 2} on every side)"
     return tuple(a.get_ints("strides", [1, 1])), a.get_int("group", 1)
 
 
@@ -71,24 +73,31 @@ def _identity_kernel(channels: int, groups: int, k: int, taps: np.ndarray) -> np
     return w
 
 
-def _branch(leaf: ir.Value, x: ir.Value, channels: int) -> dict | None:
+def _branch(leaf: ir.Value, x: ir.Value, channels: int) -> dict | str:
+    """The branch that computes `leaf` from `x`, or why `leaf` is none."""
     if leaf is x:
         return {"kind": "affine", "a": np.ones(channels), "b": np.zeros(channels), "node": None}
     node = leaf.producer()
-    if node is None or not node.inputs or node.inputs[0] is not x or only_consumer(leaf) is None:
-        return None
+    if node is None or not node.inputs:
+        return f"the term '{leaf.name}' is no op on '{x.name}'"
+    if node.inputs[0] is not x:
+        return (
+            f"'{node.name}' reads '{node.inputs[0].name if node.inputs[0] else ''}', not '{x.name}'"
+        )
+    if only_consumer(leaf) is None:
+        return f"the output of '{node.name}' is also read elsewhere"
     if is_op(node, "Conv"):
         p = conv_params(node)
         if p is None or p[0].ndim != 4 or p[0].shape[2] != p[0].shape[3]:
-            return None
+            return f"'{node.name}' is not a 2-D square conv with constant weights"
         geometry = _geometry(node, p[0].shape[2])
-        if geometry is None:
-            return None
+        if isinstance(geometry, str):
+            return geometry
         return {"kind": "conv", "w": p[0], "b": p[1], "geometry": geometry, "node": node}
     if is_op(node, "BatchNormalization"):
         affine = bn_affine(node)
         return (
-            None
+            f"'{node.name}' is not an inference-mode BN of float32 constants"
             if affine is None
             else {"kind": "affine", "a": affine[0], "b": affine[1], "node": node}
         )
@@ -100,43 +109,50 @@ def _branch(leaf: ir.Value, x: ir.Value, channels: int) -> dict | None:
     if is_op(node, "AveragePool"):
         k = node.attributes.get_ints("kernel_shape", [])
         if len(k) != 2 or k[0] != k[1]:
-            return None
+            return f"'{node.name}' is not a square 2-D average pool"
         geometry = _geometry(node, k[0])
-        padded = any(node.attributes.get_ints("pads", [0]))
-        if geometry is None or (padded and not node.attributes.get_int("count_include_pad", 0)):
-            return None
+        if isinstance(geometry, str):
+            return geometry
+        if any(node.attributes.get_ints("pads", [0])) and not node.attributes.get_int(
+            "count_include_pad", 0
+        ):
+            return f"'{node.name}' does not count its padding: not a conv at the borders"
         return {"kind": "pool", "k": k[0], "strides": geometry[0], "node": node}
-    return None
+    return f"'{node.name}' ({node.op_type}) is not a branch a conv can express"
 
 
-def _merge(add: ir.Node) -> bool:
+def _merge(add: ir.Node) -> bool | str:
+    """Merge the branches summed by `add` into one conv: True, or why they stay."""
     leaves = _leaves(add)
     if leaves is None or len(leaves) < 2 or len(set(map(id, leaves))) != len(leaves):
-        return False
+        return "fewer than two distinct terms"
     producers = [leaf.producer() for leaf in leaves]
     x = next((p.inputs[0] for p in producers if is_op(p, "Conv") and p is not None), None)
-    if x is None or x.shape is None or len(x.shape) != 4 or not isinstance(x.shape[1], int):
-        return False
+    if x is None:
+        return "no term is a conv"
+    if x.shape is None or len(x.shape) != 4 or not isinstance(x.shape[1], int):
+        return f"the branches' input '{x.name}' is not 4-D with known channels"
     cin = x.shape[1]
-    branches = [_branch(leaf, x, cin) for leaf in leaves]
-    if any(b is None for b in branches):
-        return False
-    convs = [b for b in branches if b["kind"] == "conv"]  # type: ignore[index]
-    if not convs:
-        return False
+    branches = []
+    for leaf in leaves:
+        branch = _branch(leaf, x, cin)
+        if isinstance(branch, str):
+            return branch
+        branches.append(branch)
+    convs = [b for b in branches if b["kind"] == "conv"]
     strides, groups = convs[0]["geometry"]
     cout = convs[0]["w"].shape[0]
-    if any(
-        c["geometry"] != (strides, groups) or c["w"].shape[:2] != convs[0]["w"].shape[:2]
-        for c in convs
-    ):
-        return False
-    pools = [b for b in branches if b["kind"] == "pool"]  # type: ignore[index]
+    for c in convs:
+        if c["geometry"][0] != strides:
+            return f"mixed strides ({strides} and {c['geometry'][0]})"
+        if c["geometry"][1] != groups or c["w"].shape[:2] != convs[0]["w"].shape[:2]:
+            return "the convs differ in groups or channels"
+    pools = [b for b in branches if b["kind"] == "pool"]
     if any(p["strides"] != strides for p in pools):
-        return False
-    identities = [b for b in branches if b["kind"] in ("affine", "pool")]  # type: ignore[index]
+        return f"mixed strides (convs {strides}, an average pool another)"
+    identities = [b for b in branches if b["kind"] in ("affine", "pool")]
     if identities and cout != cin:  # (the sum's shapes already agree on stride)
-        return False
+        return "an identity-like branch where input and output channels differ"
     k = max([c["w"].shape[2] for c in convs] + [p["k"] for p in pools])
     w = np.zeros((cout, cin // groups, k, k))
     bias = np.zeros(cout)
@@ -174,7 +190,7 @@ def _merge(add: ir.Node) -> bool:
     tree = _tree_nodes(add)
     if not bypass(add, conv.outputs[0]):
         graph.remove(conv, safe=True)
-        return False
+        return "the sum is a graph output that cannot be replaced"
     for node in tree + [b["node"] for b in branches if b["node"] is not None]:  # type: ignore[index]
         if node.graph is not None:
             inputs_of = list(node.inputs)
@@ -195,11 +211,22 @@ def _tree_nodes(add: ir.Node) -> list[ir.Node]:
 
 
 class MergeParallelBranches(EdgecPass):
+    """An imperative pass (a pattern cannot say "an Add tree of any number of branches"),
+    reporting each sum it merged or left alone, and why."""
+
     name = "merge_parallel_branches"
+    RULE = "merge_branches"
 
     def rewrite(self, model: ir.Model) -> int:
         fired = 0
         for node in reversed(list(model.graph)):  # the root of a sum tree comes last
-            if node.graph is not None and is_op(node, "Add") and _merge(node):
-                fired += 1
+            if node.graph is None or not is_op(node, "Add"):
+                continue
+            involved = [node, *_tree_nodes(node)]
+            involved += [p for v in _leaves(node) or [] if (p := v.producer()) is not None]
+            result = _merge(node)
+            if result is True:
+                fired += self.fired(self.RULE, involved)
+            elif len(involved) > 1:  # a bare Add of inputs is no candidate
+                self.left_alone(self.RULE, involved, str(result))
         return fired

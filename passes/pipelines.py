@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from edgec.errors import TargetError
+from edgec.errors import OptionError, TargetError
 from edgec.passes.base import FixedPoint, Step
 from edgec.passes.binarize_embedding import BinarizeEmbedding
 from edgec.passes.binarize_linear import BinarizeLinear
@@ -89,6 +89,24 @@ def none() -> list[Step]:
 
 
 PIPELINES: dict[str, Callable[[], list[Step]]] = {"cpu": cpu, "none": none}
+
+
+def pass_names(steps: list[Step]) -> list[str]:
+    """The names of the passes `steps` run, each once, in order."""
+    names = [p.name for s in steps for p in (s.passes if isinstance(s, FixedPoint) else [s])]
+    return list(dict.fromkeys(names))
+
+
+def check_explain(pipeline: str, explain: bool | str) -> None:
+    """OptionError unless `explain` is a bool or the name of a pass the pipeline runs."""
+    if isinstance(explain, bool):
+        return
+    names = pass_names(get_pipeline(pipeline))
+    if explain not in names:
+        raise OptionError(
+            f"--explain: the '{pipeline}' pipeline runs no pass '{explain}'; it runs "
+            + ", ".join(names)
+        )
 
 
 def get_pipeline(name: str) -> list[Step]:

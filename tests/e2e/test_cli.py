@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from edgec.targets.onnxruntime import OnnxruntimeTarget
 from tests.conftest import make_onnx_model, tree_digest
@@ -432,3 +433,71 @@ def test_output_under_a_file_is_refused_before_compiling(cli, onnx_file: Path, t
     r = cli("compile", onnx_file, "-o", blocker / "bundle")
     assert r.code == 2 and "not a writable folder" in r.err
     assert blocker.read_text() == "mine"
+
+
+def _bn_model(path: Path) -> Path:
+    """stem: Conv -> BN (folds); block: BN -> padded Conv, BN with a nonzero shift (cannot)."""
+    rng = np.random.default_rng(0)
+
+    def arr(name: str, *shape: int, positive: bool = False) -> onnx.TensorProto:
+        a = rng.random(shape) + 0.5 if positive else rng.standard_normal(shape)
+        return numpy_helper.from_array(a.astype(np.float32), name)
+
+    inits = [arr("w1", 8, 3, 3, 3), arr("b1", 8), arr("w2", 8, 8, 3, 3), arr("b2", 8)]
+    for k in ("1", "2"):
+        inits += [arr("g" + k, 8, positive=True), arr("s" + k, 8), arr("m" + k, 8)]
+        inits += [arr("v" + k, 8, positive=True)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="stem.conv", pads=[1] * 4),
+        helper.make_node(
+            "BatchNormalization", ["c1", "g1", "s1", "m1", "v1"], ["n1"], name="stem.bn"
+        ),
+        helper.make_node("Relu", ["n1"], ["r"], name="stem.act"),
+        helper.make_node(
+            "BatchNormalization", ["r", "g2", "s2", "m2", "v2"], ["n2"], name="block.bn"
+        ),
+        helper.make_node("Conv", ["n2", "w2", "b2"], ["y"], name="block.conv", pads=[1] * 4),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_compile_explain_says_what_fired_and_why_not(cli, tmp_path: Path) -> None:
+    model = _bn_model(tmp_path / "bn.onnx")
+    r = cli("compile", model, "--explain", "--backend", "onnxruntime", "-o", tmp_path / "b")
+    assert r.code == 0, r.err
+    lines = [line.strip() for line in r.out.splitlines()]
+    assert "fired      bn_into_conv: stem.conv (Conv), stem.bn (BatchNormalization)" in lines
+    assert (
+        "left alone bn_into_next_conv: block.bn (BatchNormalization), block.conv (Conv): "
+        "BN before a padded Conv with a nonzero shift: not exact"
+    ) in lines
+    assert sum("bn_into_next_conv" in line for line in lines) == 1  # once, not per round
+
+
+def test_explain_one_pass_json_and_inspect(cli, tmp_path: Path) -> None:
+    model = _bn_model(tmp_path / "bn.onnx")
+    r = cli("inspect", model, "--explain", "fold_batchnorm", "--json")
+    assert r.code == 0, r.err
+    passes = json.loads(r.out)["passes"]
+    explained = [c for p in passes for c in p.get("explained") or []]
+    assert {p["name"] for p in passes if "explained" in p} == {"fold_batchnorm"}
+    assert {(c["rule"], c["fired"]) for c in explained} == {
+        ("bn_into_conv", True),
+        ("bn_into_next_conv", False),
+    }
+    assert not (tmp_path / "out").exists()  # inspect writes nothing
+    r = cli("inspect", model, "--explain", "fold_everything")
+    assert r.code == 2 and "runs no pass 'fold_everything'" in r.err
+
+
+def test_inspect_explain_of_a_bundle(cli, tiny_bundle: Path) -> None:
+    r = cli("inspect", tiny_bundle, "--explain")
+    assert r.code == 2 and "compiled without --explain" in r.err

@@ -11,7 +11,7 @@ import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.irutil import input_specs, random_inputs, run_onnx
-from edgec.passes.base import EdgecPass
+from edgec.passes.base import Candidate, EdgecPass
 from edgec.runtime.compare import max_rel_error
 
 TOL = 1e-4  # float32, relative to the output's scale
@@ -91,6 +91,19 @@ def apply(pass_: EdgecPass, proto: onnx.ModelProto) -> tuple[ir.Model, int]:
     model = ir.serde.deserialize_model(proto)
     pass_(model)
     return model, pass_.rewrites
+
+
+def explain(pass_: EdgecPass, proto: onnx.ModelProto) -> tuple[ir.Model, list[Candidate]]:
+    """Run `pass_` with explain on: the model and every candidate it fired or left alone."""
+    model = ir.serde.deserialize_model(proto)
+    pass_.explain = True
+    pass_(model)
+    return model, pass_.explained
+
+
+def reasons(candidates: list[Candidate], rule: str) -> list[str]:
+    """Why `rule` left its candidates alone (fired ones have no reason)."""
+    return [c.reason for c in candidates if c.rule == rule and not c.fired]
 
 
 def check(before: onnx.ModelProto, after: ir.Model, tol: float = TOL) -> float:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
 
 from edgec.passes.fold_batchnorm import FoldBatchnorm
-from tests.passes.graphs import Graph, apply, check, ops
+from tests.passes.graphs import Graph, apply, check, explain, ops, reasons
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -80,8 +82,31 @@ def test_bn_before_padded_conv_is_left_alone() -> None:
     """Padding would read 0 where the folded conv expects the shift t: not exact."""
     g = Graph((1, 6, 9, 9))
     before = g.model(g.conv(g.bn("x", 6), 6, 4, 3, pad=1))
-    after, fired = apply(FoldBatchnorm(), before)
-    assert fired == 0 and ops(after) == ["BatchNormalization", "Conv"]
+    after, explained = explain(FoldBatchnorm(), before)
+    assert ops(after) == ["BatchNormalization", "Conv"]
+    assert reasons(explained, "bn_into_next_conv") == [
+        "BN before a padded Conv with a nonzero shift: not exact"
+    ]
+
+
+def test_bn_with_zero_shift_before_padded_conv_folds() -> None:
+    """The closest case that folds: the same padded conv, with BN's shift t = 0."""
+    g = Graph((1, 6, 9, 9))
+    bn = g.op(
+        "BatchNormalization",
+        "x",
+        g.const(np.full(6, 2.0, np.float32)),
+        g.const(np.zeros(6, np.float32)),
+        g.const(np.zeros(6, np.float32)),
+        g.const(np.ones(6, np.float32)),
+    )
+    before = g.model(g.conv(bn, 6, 4, 3, pad=1))
+    after, explained = explain(FoldBatchnorm(), before)
+    assert ops(after) == ["Conv"]
+    assert [(c.rule, c.ops, c.fired) for c in explained] == [
+        ("bn_into_next_conv", ("BatchNormalization", "Conv"), True)
+    ]
+    check(before, after)
 
 
 def test_conv_read_twice_is_left_alone() -> None:
@@ -89,16 +114,72 @@ def test_conv_read_twice_is_left_alone() -> None:
     g = Graph((1, 4, 8, 8))
     y = g.conv("x", 4, 4)
     before = g.model(g.op("Add", g.bn(y, 4), y))
-    after, fired = apply(FoldBatchnorm(), before)
-    assert fired == 0 and "BatchNormalization" in ops(after)
+    after, explained = explain(FoldBatchnorm(), before)
+    assert "BatchNormalization" in ops(after)
+    assert reasons(explained, "bn_into_conv") == [
+        "Matched nodes have other uses preventing replacement."
+    ]
 
 
 def test_bn_on_rank3_matmul_is_left_alone() -> None:
     """BN's channel axis 1 is not MatMul's feature axis for (B, N, C) tokens."""
     g = Graph((2, 5, 5))
-    before = g.model(g.bn(g.op("MatMul", "x", g.w(5, 5)), 5))
-    after, fired = apply(FoldBatchnorm(), before)
-    assert fired == 0 and ops(after) == ["MatMul", "BatchNormalization"]
+    y = g.op("Add", g.op("MatMul", "x", g.w(5, 5)), g.w(5))
+    before = g.model(g.bn(y, 5))
+    after, explained = explain(FoldBatchnorm(), before)
+    assert ops(after) == ["MatMul", "Add", "BatchNormalization"]
+    assert reasons(explained, "bn_into_matmul_add") == [
+        "MatMul input is not 2-D: BN's channel axis 1 is not its features"
+    ]
+
+
+def test_bn_in_training_mode_is_left_alone() -> None:
+    g = Graph((1, 4, 8, 8))
+    y = g.conv("x", 4, 4)
+    bn = g.bn(y, 4)
+    g.nodes[-1].attribute.append(helper.make_attribute("training_mode", 1))
+    g.nodes[-1].output.extend(["running_mean", "running_var"])
+    before = g.model(bn, opset=15)
+    after, explained = explain(FoldBatchnorm(), before)
+    assert ops(after) == ["Conv", "BatchNormalization"]
+    assert reasons(explained, "bn_into_conv") == [
+        "BatchNormalization in training mode (batch statistics): not an affine"
+    ]
+
+
+def test_bn_with_statistics_from_an_input_is_left_alone() -> None:
+    g = Graph((3, 5))
+    y = g.op("Gemm", "x", g.w(5, 7), g.w(7))
+    stats = [g.const((np.random.default_rng(1).random(7) + 0.5).astype(np.float32))] * 3
+    g.nodes.append(helper.make_node("BatchNormalization", [y, "x_var", *stats], ["bn"]))
+    before = g.model("bn")
+    before.graph.input.append(helper.make_tensor_value_info("x_var", TensorProto.FLOAT, [7]))
+    after, explained = explain(FoldBatchnorm(), before)
+    assert ops(after) == ["Gemm", "BatchNormalization"]
+    assert reasons(explained, "bn_into_gemm") == ["x_var is not a constant initializer."]
+
+
+def test_bn_before_a_transposing_gemm_is_left_alone() -> None:
+    g = Graph((3, 5))
+    before = g.model(g.op("Gemm", g.bn("x", 5), g.w(3, 7), transA=1))
+    after, explained = explain(FoldBatchnorm(), before)
+    assert ops(after) == ["BatchNormalization", "Gemm"]
+    assert reasons(explained, "bn_into_next_gemm") == [
+        "the Gemm transposes its input (transA): BN's channels are its rows"
+    ]
+
+
+def test_float16_layers_are_left_alone() -> None:
+    """edgec folds float32 layers only (a float16 model keeps its own weights)."""
+    g = Graph((1, 4, 8, 8))
+    y = g.conv("x", 4, 4)
+    before = g.model(g.bn(y, 4))
+    for init in before.graph.initializer:
+        if init.name == before.graph.node[0].input[1]:
+            half = numpy_helper.to_array(init).astype(np.float16)
+            init.CopyFrom(numpy_helper.from_array(half, init.name))
+    _, explained = explain(FoldBatchnorm(), before)
+    assert reasons(explained, "bn_into_conv") == ["the Conv's weight is not a float32 constant"]
 
 
 @settings(max_examples=25, deadline=None)

@@ -7,11 +7,12 @@ import onnx_ir as ir
 import pytest
 
 from edgec.errors import VerificationError
-from edgec.irutil import input_specs, random_inputs
+from edgec.irutil import input_specs, random_inputs, run_onnx
 from edgec.passes import FixedPoint, PassManager, get_pipeline
 from edgec.passes.base import EdgecPass
 from edgec.passes.cleanup import DropIdentityNodes, FoldConstants
 from edgec.passes.manager import PassVerificationError
+from edgec.runtime.compare import max_rel_error
 from tests.conftest import make_onnx_model
 from tests.passes.helpers import assert_equivalent, to_proto
 
@@ -125,9 +126,28 @@ def test_verify_catches_invalid_ir() -> None:
 
 
 def test_without_verify_a_wrong_pass_goes_unnoticed_by_the_manager() -> None:
-    """The manager itself checks nothing unless asked; compile's final bundle check does."""
+    """The manager itself checks nothing unless asked (compile's final bundle check does):
+    the wrong pass runs, changes the outputs, and its report has no error."""
     model = small_model()
-    PassManager([ScaleFirstWeight()]).run(model)
+    inputs = feeds(model)
+    before = run_onnx(to_proto(model), inputs)
+    (report,) = PassManager([ScaleFirstWeight()]).run(model)
+    after = run_onnx(to_proto(model), inputs)
+    assert report.rewrites == 1 and report.max_rel_error is None
+    assert max_rel_error(after, before) > 0.01
+
+
+def test_explain_lists_what_each_pass_saw() -> None:
+    """explain=True: each report carries its candidates; explain=NAME: that pass's only."""
+    model = small_model()
+    reports = PassManager(get_pipeline("cpu"), explain=True).run(model)
+    folded = [r for r in reports if r.name == "fold_batchnorm" and r.explained]
+    assert folded and folded[0].explained[0]["rule"] == "bn_into_conv"
+    assert folded[0].explained[0]["fired"] and folded[0].explained[0]["nodes"] == ["conv", "bn"]
+    model = small_model()
+    reports = PassManager(get_pipeline("cpu"), explain="fold_batchnorm").run(model)
+    assert {r.name for r in reports if r.explained is not None} == {"fold_batchnorm"}
+    assert all(r.explained is None for r in PassManager(get_pipeline("cpu")).run(small_model()))
 
 
 def test_verify_needs_inputs() -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgec.passes.fold_batchnorm import FoldBatchnorm
 from edgec.passes.merge_parallel_branches import MergeParallelBranches
-from tests.passes.graphs import Graph, apply, check, ops
+from tests.passes.graphs import Graph, apply, check, explain, ops, reasons
 
 
 def _sum(g: Graph, terms: list[str]) -> str:
@@ -77,36 +76,58 @@ def test_conv_bn_branches_fold_then_merge() -> None:
     check(before, after)
 
 
+def _why(model: object) -> list[str]:
+    after, explained = explain(MergeParallelBranches(), model)  # type: ignore[arg-type]
+    assert "Add" in ops(after)
+    return reasons(explained, "merge_branches")
+
+
 def test_mixed_strides_are_left_alone() -> None:
-    g = Graph((1, 4, 8, 8))
+    """On a 1x1 map a stride-2 and a stride-1 conv give the same shape: a valid sum, but
+    not one conv."""
+    g = Graph((1, 4, 1, 1))
     h = g.op("Relu", "x")
     a = g.conv(h, 4, 4, 3, stride=2)
-    b = g.op("MaxPool", g.conv(h, 4, 4, 1, pad=0), kernel_shape=[2, 2], strides=[2, 2])
-    after, fired = apply(MergeParallelBranches(), g.model(g.op("Add", a, b)))
-    assert fired == 0 and ops(after).count("Conv") == 2
+    b = g.conv(h, 4, 4, 1)
+    assert _why(g.model(g.op("Add", a, b))) == ["mixed strides ((2, 2) and (1, 1))"]
+
+
+def test_same_strides_merge() -> None:
+    """The closest case that merges: both stride 2."""
+    g = Graph((1, 4, 5, 5))
+    h = g.op("Relu", "x")
+    before = g.model(g.op("Add", g.conv(h, 4, 4, 3, stride=2), g.conv(h, 4, 4, 1, stride=2)))
+    after, explained = explain(MergeParallelBranches(), before)
+    assert ops(after) == ["Relu", "Conv"] and [c.fired for c in explained] == [True]
+    check(before, after)
 
 
 def test_different_inputs_are_left_alone() -> None:
-    """A residual of two convs on different tensors is no parallel branch."""
+    """Two convs on two different tensors are no parallel branches."""
     g = Graph((1, 4, 8, 8))
-    h = g.op("Relu", "x")
-    a = g.conv(h, 4, 4, 3)
+    a = g.conv(g.op("Relu", "x"), 4, 4, 3)
+    b = g.conv(g.op("Sigmoid", "x"), 4, 4, 3)
+    (reason,) = _why(g.model(g.op("Add", a, b)))
+    assert reason.endswith("not 't0'") and "reads 't" in reason
+
+
+def test_a_branch_read_elsewhere_is_left_alone() -> None:
+    """A residual whose first conv also feeds the second: merging would lose its output."""
+    g = Graph((1, 4, 8, 8))
+    a = g.conv(g.op("Relu", "x"), 4, 4, 3)
     b = g.conv(a, 4, 4, 3)
-    after, fired = apply(MergeParallelBranches(), g.model(g.op("Add", a, b)))
-    assert fired == 0 and ops(after).count("Add") == 1
+    (reason,) = _why(g.model(g.op("Add", a, b)))
+    assert reason.endswith("is also read elsewhere")
 
 
 def test_uncentred_kernel_is_left_alone() -> None:
+    """A 3x3 conv padded (0, 0, 2, 2): the same output size as the centred one, shifted."""
     g = Graph((1, 4, 8, 8))
     h = g.op("Relu", "x")
     a = g.conv(h, 4, 4, 3, pad=1)
-    b = g.op(
-        "Pad",
-        g.conv(h, 4, 4, 3, pad=0),
-        g.const(np.array([0, 0, 1, 1, 0, 0, 1, 1])),
-    )
-    after, fired = apply(MergeParallelBranches(), g.model(g.op("Add", a, b)))
-    assert fired == 0 and ops(after).count("Add") == 1
+    b = g.op("Conv", h, g.w(4, 4, 3, 3), kernel_shape=[3, 3], pads=[0, 0, 2, 2])
+    (reason,) = _why(g.model(g.op("Add", a, b)))
+    assert reason.endswith("is an uncentred kernel (pads != 1 on every side)")
 
 
 @settings(max_examples=25, deadline=None)

@@ -1,0 +1,115 @@
+"""Rewrites as onnxscript rewriter rules that say why they did not fire.
+
+A rule is an onnxscript `RewriteRuleClassBase`: `pattern` (the subgraph it looks for), `check`
+(a `MatchResult` that fails with a reason a user can read: "BN before a padded Conv with a
+nonzero shift: not exact"), `rewrite` (the replacement). edgec's own rules derive from
+`Rule`; onnxscript's rules (`onnxscript.rewriter.rules.common`) are used as they are, or
+subclassed where edgec checks more.
+
+`RulePass` runs a set of rules as one edgec pass and keeps an `Explanation`: every rewrite that
+fired and every candidate left alone, with its nodes (torch module paths where the exporter
+named them) and the reason: its `check` failed, or (with `explain` on) the pattern matched part
+of the graph and stopped, e.g. at an intermediate value that something else reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import onnx_ir as ir
+from onnxscript.rewriter._basics import MatchingTracer, MatchResult, MatchStatus
+from onnxscript.rewriter._rewrite_rule import RewriteRule, RewriteRuleClassBase, RewriteRuleSet
+
+from edgec.passes.base import Candidate, EdgecPass, candidate
+
+
+class Rule(RewriteRuleClassBase):
+    """An edgec rewrite rule: `pattern`, `check` (returns `self.ok()` or
+    `self.fail("why")`), `rewrite`. Its name is the class's `name` (snake case)."""
+
+    name: ClassVar[str | None] = None  # type: ignore[misc]
+
+    def __init__(self) -> None:
+        super().__init__(type(self).name or type(self).__name__)
+
+    @staticmethod
+    def ok() -> MatchResult:
+        return MatchResult()
+
+    @staticmethod
+    def fail(reason: str) -> MatchResult:
+        return MatchResult().fail(reason)
+
+
+def recorded_rule(
+    rule_class: type[RewriteRuleClassBase], record: Callable[[Candidate], None]
+) -> RewriteRule:
+    """`rule_class` as a RewriteRule whose check and rewrite also report to `record`."""
+    instance = rule_class()
+    name = str(instance.name or rule_class.__name__)
+    matched: list[Sequence[ir.Node]] = []  # what the last successful check saw
+
+    def check(context: Any, **bindings: Any) -> MatchResult | bool:
+        result = instance.check(context, **bindings)
+        if result:
+            matched[:] = [list(reversed(context.nodes))]
+        else:
+            reason = result.reason if isinstance(result, MatchResult) else ""
+            nodes = list(reversed(context.nodes))  # the matcher walks back from the root
+            record(candidate(name, nodes, False, reason or "its check failed"))
+        return result
+
+    def rewrite(op: Any, **bindings: Any) -> Any:
+        replacement = instance.rewrite(op, **bindings)
+        if matched and replacement is not None:
+            record(candidate(name, matched.pop(), True))
+        return replacement
+
+    return RewriteRule(
+        instance.pattern,
+        rewrite,
+        check,
+        name=name,
+        remove_nodes=instance.remove_nodes,
+        graph_pre_visitor=instance.setup,
+        graph_post_visitor=instance.cleanup,
+        as_function=instance.as_function,
+    )
+
+
+class _NearMisses(MatchingTracer):
+    """Every place a pattern matched two or more nodes and then stopped (the reason is the
+    matcher's: an op that differs, a value read outside the pattern)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[Candidate] = []
+
+    def log(
+        self,
+        rule: Any,
+        container: Any,
+        node: ir.Node,
+        match_result: MatchResult,
+        status: MatchStatus,
+    ) -> None:
+        if status == MatchStatus.NO_MATCH and len(match_result.nodes) >= 2:
+            reason = match_result.reason or "the rest of the pattern does not match"
+            nodes = list(reversed(match_result.nodes))
+            self.found.append(candidate(str(rule.name), nodes, False, reason))
+
+
+class RulePass(EdgecPass):
+    """An edgec pass made of rewrite rules (subclasses list them in `rules`)."""
+
+    rules: ClassVar[Sequence[type[RewriteRuleClassBase]]] = ()
+
+    def rewrite(self, model: ir.Model) -> int:
+        if self.explain:  # with a tracer, onnxscript only matches: nothing is rewritten
+            misses = _NearMisses()
+            silent = RewriteRuleSet([recorded_rule(r, lambda _: None) for r in self.rules])
+            silent.apply_to_model(model, tracer=misses)
+            self.explained.extend(misses.found)
+        ruleset = RewriteRuleSet([recorded_rule(r, self.explained.append) for r in self.rules])
+        return ruleset.apply_to_model(model)
