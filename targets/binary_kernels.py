@@ -22,7 +22,6 @@ in float32, no reassociation, so the integer results agree exactly with the ONNX
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -437,30 +436,6 @@ CONVERTERS = {
 }
 
 
-@contextlib.contextmanager
-def onnx_converters() -> Iterator[None]:
-    """TVM's ONNX importer, taught edgec's ops (it dispatches on op_type alone)."""
-    from tvm.relax.frontend.onnx import onnx_frontend
-
-    original = onnx_frontend._get_convert_map
-
-    def converter_class(fn: Any) -> type:
-        class Converter(onnx_frontend.OnnxOpConverter):
-            @classmethod
-            def _impl_v1(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
-                return fn(bb, list(inputs), attr)
-
-        return Converter
-
-    extra = {name: converter_class(fn) for name, fn in CONVERTERS.items()}
-
-    def patched() -> dict[str, Any]:
-        return {**original(), **extra}
-
-    onnx_frontend._get_convert_map = patched
+def clear_kernels() -> None:
+    """Forget the PrimFuncs of the last import (a module holds one per distinct kernel)."""
     _KERNELS.clear()
-    try:
-        yield
-    finally:
-        onnx_frontend._get_convert_map = original
-        _KERNELS.clear()

@@ -17,9 +17,10 @@ from typing import Any
 
 import onnx_ir as ir
 
-from edgec.errors import TargetError, UnsupportedOpError
+from edgec.errors import TargetError
 from edgec.runtime.tvm_backend import host_triple
 from edgec.targets.base import Artifacts, CompileOptions
+from edgec.targets.tvm_import import import_onnx
 
 # -mattr per arm64 CPU: NEON everywhere; the dot-product (and fp16) extensions where the core
 # has them (Arm's technical reference manuals).
@@ -64,27 +65,6 @@ def arm64_target(mcpu: str | None = None, threads: int = 0) -> dict[str, Any]:
         "mattr": list(ARM64_CPUS[cpu]),
         "num-cores": threads or 4,
     }
-
-
-def import_onnx(model: ir.Model) -> Any:
-    """The IR as a Relax module (weights bound as constants).
-
-    TVM's importer reads only the `value` form of Constant (`value_ints` and the like fail with
-    "no value in Constant"), so every Constant becomes an initializer first: the same values.
-    """
-    from onnx_ir.passes import common
-    from tvm.relax.frontend.onnx import from_onnx
-
-    from edgec.targets.binary_kernels import onnx_converters
-
-    common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-    proto = ir.serde.serialize_model(model)
-    try:
-        with onnx_converters():
-            return from_onnx(proto, keep_params_in_input=False)
-    except Exception as e:  # the importer names the op it could not convert in its message
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnsupportedOpError(f"TVM's ONNX importer cannot take this model: {text}") from None
 
 
 class TvmTarget:

@@ -8,12 +8,18 @@ import pytest
 
 pytest.importorskip("tvm")
 
+import onnx
+import onnx_ir as ir
 import tvm
+from onnx import helper, numpy_helper
 from tvm import relax
+from tvm.relax.frontend.onnx import onnx_frontend
 
+from edgec.errors import UnsupportedOpError
 from edgec.passes import binary_ops as B
 from edgec.targets import binary_kernels as K
 from edgec.targets.tvm import host_target
+from edgec.targets.tvm_import import EdgecConverterError, import_onnx
 
 TARGET = host_target(None, 1)
 
@@ -99,13 +105,8 @@ def test_gather_matches_numpy() -> None:
     np.testing.assert_array_equal(got, want)
 
 
-def test_importer_lowers_the_ops_to_kernels() -> None:
-    """BinaryLinear through TVM's ONNX importer: the kernels, not the function body."""
-    import onnx
-    from onnx import helper
-
-    from edgec.targets.tvm import import_onnx
-
+def binary_linear_arrays() -> tuple[np.ndarray, ...]:
+    """x (2, 3, 100), the weight bits (16, 100), scale, bias and input offset."""
     rng = np.random.default_rng(0)
     k, n = 100, 16
     x = rng.standard_normal((2, 3, k)).astype(np.float32)
@@ -113,15 +114,24 @@ def test_importer_lowers_the_ops_to_kernels() -> None:
     scale = rng.random(n).astype(np.float32)
     bias = rng.random(n).astype(np.float32)
     offset = (rng.standard_normal(k) * 0.1).astype(np.float32)
+    return x, wb, scale, bias, offset
+
+
+def binary_linear_model(domain: str = B.DOMAIN) -> onnx.ModelProto:
+    """One BinaryLinear node (of `domain`) on a (2, 3, 100) input; its arrays are
+    `binary_linear_arrays()`."""
+    wb, scale, bias, offset = binary_linear_arrays()[1:]
+    k, n = wb.shape[1], wb.shape[0]
     inits = [
-        onnx.numpy_helper.from_array(a, name)
+        numpy_helper.from_array(a, name)
         for a, name in [(B.pack_bits(wb), "w"), (scale, "s"), (bias, "b"), (offset, "o")]
     ]
     node = helper.make_node(
         "BinaryLinear",
         ["x", "w", "s", "b", "o"],
         ["y"],
-        domain=B.DOMAIN,
+        name="layer.fc",
+        domain=domain,
         in_features=k,
         step=1.0,
         threshold=0.0,
@@ -130,17 +140,21 @@ def test_importer_lowers_the_ops_to_kernels() -> None:
     graph = helper.make_graph(
         [node],
         "g",
-        [helper.make_tensor_value_info("x", 1, x.shape)],
+        [helper.make_tensor_value_info("x", 1, (2, 3, k))],
         [helper.make_tensor_value_info("y", 1, (2, 3, n))],
         inits,
     )
-    proto = helper.make_model(
+    return helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(B.DOMAIN, 1)],
-        functions=[B.function_proto("BinaryLinear", 20)],
+        opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(domain, 1)],
+        functions=[B.function_proto("BinaryLinear", 20)] if domain == B.DOMAIN else [],
     )
-    import onnx_ir as ir
 
+
+def test_importer_lowers_the_ops_to_kernels() -> None:
+    """BinaryLinear through TVM's ONNX importer: the kernels, not the function body."""
+    proto = binary_linear_model()
+    x, wb, scale, bias, offset = binary_linear_arrays()
     mod = import_onnx(ir.serde.deserialize_model(proto))
     kinds = {
         str(f.attrs[K.KERNEL_ATTR])
@@ -179,3 +193,25 @@ def test_tuning_searches_the_binary_design_space(tmp_path) -> None:
     tuning = bundle.manifest.backend_options["tuning"]
     assert tuning["trials_ok"] > 0 and tuning["tuned"], tuning
     assert bundle.manifest.reference["max_rel_error"] <= 1e-4
+
+
+def test_the_importer_is_restored_on_any_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """edgec's converters live only for one import; a failing one is edgec's fault (an
+    internal error), never "TVM cannot take this model"."""
+    original = onnx_frontend._get_convert_map
+    import_onnx(ir.serde.deserialize_model(binary_linear_model()))
+    assert onnx_frontend._get_convert_map is original
+
+    def broken(bb: object, inputs: object, attr: object) -> None:
+        raise IndexError("a bug")
+
+    monkeypatch.setitem(K.CONVERTERS, "BinaryLinear", broken)
+    with pytest.raises(EdgecConverterError, match=r"ai.edgec::BinaryLinear failed: IndexError"):
+        import_onnx(ir.serde.deserialize_model(binary_linear_model()))
+    assert onnx_frontend._get_convert_map is original
+
+
+def test_an_op_of_another_domain_is_not_taken_for_edgecs() -> None:
+    message = r"'com.example::BinaryLinear' \(node 'layer.fc'\)"
+    with pytest.raises(UnsupportedOpError, match=message):
+        import_onnx(ir.serde.deserialize_model(binary_linear_model("com.example")))

@@ -1,0 +1,101 @@
+"""The IR into TVM Relax: TVM's ONNX importer, taught edgec's `ai.edgec` ops for one import.
+
+TVM's importer keeps its converters in a private function (`onnx_frontend._get_convert_map`)
+and dispatches on op_type alone. For the duration of an import that function is replaced by
+one that adds edgec's converters (`binary_kernels.CONVERTERS`), and put back on any exit,
+exceptions and interrupts included. Because the importer does not look at domains, a node of
+another domain that shares a name with an edgec op is refused before the import (it would
+otherwise be converted as edgec's). A fault in edgec's own converter is an internal error
+(`EdgecConverterError`, exit 1), never "TVM cannot take this model": `--backend auto` must not
+quietly drop TVM for a bug of edgec's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import onnx_ir as ir
+
+from edgec.errors import UnsupportedOpError
+from edgec.passes.binary_ops import DOMAIN
+from edgec.targets.binary_kernels import CONVERTERS, clear_kernels
+
+
+class EdgecConverterError(RuntimeError):
+    """edgec's converter of an ai.edgec op failed inside TVM's importer: a bug of edgec's."""
+
+
+def _guarded(op_type: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def convert(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> Any:
+        try:
+            return fn(bb, inputs, attr)
+        except Exception as e:
+            raise EdgecConverterError(
+                f"edgec's TVM converter for {DOMAIN}::{op_type} failed: {type(e).__name__}: {e}"
+            ) from e
+
+    return convert
+
+
+@contextlib.contextmanager
+def edgec_converters() -> Iterator[None]:
+    """TVM's ONNX importer with edgec's converters added, for the `with` block only."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    original = onnx_frontend._get_convert_map
+
+    def converter_class(op_type: str, fn: Callable[..., Any]) -> type:
+        convert = _guarded(op_type, fn)
+
+        class Converter(onnx_frontend.OnnxOpConverter):
+            @classmethod
+            def _impl_v1(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+                return convert(bb, list(inputs), attr)
+
+        return Converter
+
+    extra = {name: converter_class(name, fn) for name, fn in CONVERTERS.items()}
+    onnx_frontend._get_convert_map = lambda: {**original(), **extra}
+    clear_kernels()
+    try:
+        yield
+    finally:
+        onnx_frontend._get_convert_map = original
+        clear_kernels()
+
+
+def _check_domains(model: ir.Model) -> None:
+    """An op named like one of edgec's but of another domain cannot go through the importer."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type in CONVERTERS and node.domain != DOMAIN:
+            raise UnsupportedOpError(
+                f"unsupported op '{node.domain or 'ai.onnx'}::{node.op_type}' (node "
+                f"'{node.name}'): TVM's importer would take it for {DOMAIN}::{node.op_type}"
+            )
+
+
+def import_onnx(model: ir.Model) -> Any:
+    """The IR as a Relax module (weights bound as constants).
+
+    TVM's importer reads only the `value` form of Constant (`value_ints` and the like fail with
+    "no value in Constant"), so every Constant becomes an initializer first: the same values.
+    """
+    from onnx_ir.passes import common
+    from tvm.relax.frontend.onnx import from_onnx
+
+    _check_domains(model)
+    common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    proto = ir.serde.serialize_model(model)
+    try:
+        with edgec_converters():
+            return from_onnx(proto, keep_params_in_input=False)
+    except EdgecConverterError:
+        raise
+    except Exception as e:  # the importer names the op it could not convert in its message
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, EdgecConverterError):
+            raise cause from None
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedOpError(f"TVM's ONNX importer cannot take this model: {text}") from None
