@@ -11,7 +11,7 @@ SHELL := /bin/bash
 DEB_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install debian demo test lint clean
+.PHONY: install debian demo test test-fast lint clean
 
 debian:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -47,6 +47,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# the unit tiers (under 2 minutes): everything not marked slow
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -12,6 +12,8 @@ from edgec.passes import PassManager, get_pipeline
 from edgec.targets import CompileOptions, get_target
 from edgec.teacher_forcing import TeacherForcingError, build_like, check, find_cuts
 
+pytestmark = pytest.mark.slow  # binary models compiled and checked layer by layer
+
 
 @pytest.fixture(scope="module")
 def compiled():
@@ -65,7 +67,6 @@ def test_a_flipped_weight_bit_fails(compiled) -> None:
         _check(compiled, model)
 
 
-@pytest.mark.slow
 def test_bit_bert_base_compiles_and_reports_its_ties(tmp_path) -> None:
     """12 binarized layers with random weights: a tie in layer 1 moves the output by ~100%;
     the bundle is accepted because every segment matches torch on torch's own inputs."""

@@ -86,6 +86,7 @@ def test_run_positional_and_npz(cli, tiny_bundle: Path, tmp_path: Path) -> None:
     assert r.code == 0 and "(1, 5)" in r.out
 
 
+@pytest.mark.slow
 def test_targets_and_models(cli) -> None:
     r = cli("targets", "--json")
     targets = json.loads(r.out)
@@ -240,6 +241,7 @@ def build():
 """
 
 
+@pytest.mark.slow
 def test_console_script_factory_source(tmp_path: Path) -> None:
     """The installed `edgec` script, as a user runs it, on a file.py:factory source."""
     user = tmp_path / "user"
@@ -272,6 +274,7 @@ def test_console_script_factory_source(tmp_path: Path) -> None:
     assert result.returncode == 0 and "verified" in result.stdout
 
 
+@pytest.mark.slow
 def test_console_script_user_error(tmp_path: Path) -> None:
     result = subprocess.run(
         [EDGEC, "compile", str(tmp_path / "nope.onnx")],
@@ -283,6 +286,7 @@ def test_console_script_user_error(tmp_path: Path) -> None:
     assert "does not exist" in one_line(result.stderr)
 
 
+@pytest.mark.slow
 def test_compile_builtin_with_weights(cli, tmp_path: Path) -> None:
     import torch
     from safetensors.torch import save_file

@@ -240,6 +240,7 @@ def test_factory_missing_attribute(tmp_path: Path) -> None:
         load(f"{tmp_path / 'net.py'}:make")
 
 
+@pytest.mark.slow
 def test_builtin_name(tmp_path: Path) -> None:
     """A built-in model at a small resolution; the full-size one is in tests/models."""
     prepared = prepare("vanillanet_5", input_shapes=["x=1x3x64x64"])

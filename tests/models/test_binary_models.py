@@ -16,6 +16,8 @@ import edgec
 from edgec import frontend
 from edgec.passes.binary_ops import DOMAIN
 
+pytestmark = pytest.mark.slow  # binary models compiled for both back ends
+
 # BiViT at full depth on TVM meets an ulp-level tie: TVM's LayerNorm/softmax round differently
 # from torch's, one sign() lands on the other side of 0 and the seeded random network carries
 # the flipped bit to a 0.36 output difference (measured; depths 1-6 match to 5.5e-7). The TVM

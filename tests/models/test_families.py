@@ -16,6 +16,8 @@ from edgec import models
 from edgec.models import binary, ecoformer, fmvit, slab
 from edgec.runtime.compare import rel_error
 
+pytestmark = pytest.mark.slow  # every built-in model exported against torch
+
 # MODELS.md, from instantiating the official definitions (1000 classes, 224x224)
 PUBLISHED = {
     "vanillanet_5": 22_328_800,

@@ -13,6 +13,8 @@ import edgec
 from edgec import models
 from edgec.runtime.compare import rel_error
 
+pytestmark = pytest.mark.slow  # full-size VanillaNet
+
 
 def test_parameter_count_training_form() -> None:
     # MODELS.md: 22,328,800 in training form (the official definition, 1000 classes)

@@ -114,6 +114,7 @@ def test_affine_after_conv_folds_backwards() -> None:
     check(before, after)
 
 
+@pytest.mark.slow
 def test_slab_models_lose_every_batchnorm(tmp_path) -> None:
     bundle = edgec.compile("slab_deit_tiny", output=tmp_path / "b", backend="onnxruntime")
     after = bundle.manifest.stats["after"]["ops"]

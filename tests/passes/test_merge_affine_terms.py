@@ -76,6 +76,7 @@ def _compile(module: nn.Module, shape: tuple[int, ...]):
     return [n.op_type for n in prepared.model.graph], rel_error(got, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_repmixer_becomes_one_depthwise_conv(per_channel: bool) -> None:
     torch.manual_seed(0)

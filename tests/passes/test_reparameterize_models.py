@@ -13,6 +13,8 @@ import edgec
 from edgec.runtime.compare import rel_error
 from tests.conftest import with_bn_statistics
 
+pytestmark = pytest.mark.slow  # the pipeline on whole built-in models
+
 
 def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(

@@ -136,6 +136,7 @@ def test_fold_constants_survives_a_failing_evaluator() -> None:
     assert np.array_equal(run_onnx(proto, feeds)["y"], run_onnx(before, feeds)["y"])
 
 
+@pytest.mark.slow
 def test_scan_body_identity_compiles_to_the_right_numbers(tmp_path) -> None:
     """ONNX's Scan sum case, whose body outputs Identity copies (wrong numbers before)."""
     from onnx.backend.test.case.node import scan as _  # noqa: F401 - registers the case

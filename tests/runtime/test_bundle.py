@@ -107,6 +107,7 @@ def test_staging_leaves_nothing_on_failure(tmp_path: Path) -> None:
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_recompile_replaces_a_bundle(tiny_net, tmp_path: Path) -> None:
     out = tmp_path / "b"
     edgec.compile(tiny_net, output=out, input_shapes=["x=1x3x16x16"])
@@ -142,6 +143,7 @@ def test_a_project_folder_with_a_manifest_survives(cli, tiny_net, tmp_path: Path
     assert tree_digest(app) == before
 
 
+@pytest.mark.slow
 def test_a_bundle_from_before_the_marker_is_still_one(tiny_net, tmp_path: Path) -> None:
     out = tmp_path / "b"
     edgec.compile(tiny_net, output=out, input_shapes=["x=1x3x16x16"])

@@ -36,6 +36,8 @@ from edgec.runtime.remote import connect
 from tests.conftest import make_onnx_model
 from tests.targets.test_tvm import TinyTransformer
 
+pytestmark = pytest.mark.slow  # emulated arm64, tuning on it, the C++ host
+
 EDGEC = str(Path(sys.executable).with_name("edgec"))
 
 

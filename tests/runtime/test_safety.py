@@ -275,6 +275,7 @@ def _compile_until_staged(onnx_file: Path, out: Path) -> subprocess.Popen[str]:
     return proc
 
 
+@pytest.mark.slow
 def test_sigterm_removes_the_staging_folder(onnx_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "bundles" / "net"
     before = tree_digest(onnx_file.parent)
@@ -286,6 +287,7 @@ def test_sigterm_removes_the_staging_folder(onnx_file: Path, tmp_path: Path) -> 
     assert tree_digest(onnx_file.parent) == before
 
 
+@pytest.mark.slow
 def test_a_killed_writers_staging_folder_is_swept(onnx_file: Path, tmp_path: Path) -> None:
     """SIGKILL leaves a staging folder; the next write to that output removes it, and never
     one a live writer holds."""
@@ -384,6 +386,7 @@ def build():
 """
 
 
+@pytest.mark.slow
 def test_a_failed_export_prints_one_line(tmp_path: Path) -> None:
     """torch's exporter prints the graph and logs warnings before raising; the user sees
     edgec's one line (and -v shows more)."""

@@ -21,6 +21,8 @@ from edgec.targets import binary_kernels as K
 from edgec.targets.tvm import host_target
 from edgec.targets.tvm_import import EdgecConverterError, import_onnx
 
+pytestmark = pytest.mark.slow  # TVM kernel builds and a tuning search
+
 TARGET = host_target(None, 1)
 
 

@@ -11,6 +11,8 @@ from edgec.api import BundleCheckError
 from edgec.runtime import Bundle, load
 from edgec.targets.onnxruntime import OnnxruntimeTarget
 
+pytestmark = pytest.mark.slow  # binary models through onnxruntime's fallbacks
+
 
 def test_float_model_keeps_full_optimization(tiny_bundle: Path) -> None:
     m = Bundle.open(tiny_bundle).manifest

@@ -16,6 +16,8 @@ from edgec.runtime.compare import rel_error
 from edgec.targets.tuning import database_dir, target_key
 from tests.conftest import make_onnx_model
 
+pytestmark = pytest.mark.slow  # MetaSchedule tuning
+
 
 def test_tuning_runs_trials_and_a_second_compile_reuses_the_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 from torch import nn
 
@@ -19,6 +20,8 @@ from edgec import frontend
 from edgec.runtime import load
 from edgec.runtime.compare import rel_error
 from tests.conftest import make_onnx_model
+
+pytestmark = pytest.mark.slow  # TVM builds
 
 
 class TinyTransformer(nn.Module):
