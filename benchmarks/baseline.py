@@ -48,7 +48,7 @@ def measure(name: str, runs: int, warmup: int) -> dict[str, object]:
     start = time.perf_counter()
     prepared = frontend.prepare(module, input_shapes=dict(info.inputs))
     export_s = time.perf_counter() - start
-    from edgec.irutil import run_onnx
+    from edgec.core.irutil import run_onnx
 
     error = max_rel_error(run_onnx(prepared.model, prepared.inputs), prepared.outputs)
     times = ort_latency_ms(prepared.model, prepared.inputs, runs, warmup)

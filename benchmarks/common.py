@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx_ir as ir
 import onnxruntime as ort
 
-from edgec.runtime.ort_backend import session_options
+from edgec.core.ort_options import session_options
 
 
 def plain_session(model: ir.Model, threads: int = 1) -> ort.InferenceSession:

@@ -17,7 +17,7 @@ from typing import Any
 from common import write_results  # the script's own folder
 
 from edgec import frontend, models
-from edgec.graph_stats import graph_stats
+from edgec.core.graph_stats import graph_stats
 from edgec.passes import PassManager, get_pipeline
 from edgec.passes.cleanup import InferShapes
 

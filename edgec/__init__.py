@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from edgec.errors import EdgecError
+from edgec.core.errors import EdgecError
 from edgec.version import __version__
 
 if TYPE_CHECKING:

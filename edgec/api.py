@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgec import teacher_forcing
-from edgec.errors import OptionError, UnsupportedOpError, VerificationError
+from edgec.core.errors import OptionError, UnsupportedOpError, VerificationError
 from edgec.runtime.bundle import Bundle, Manifest, finalize_manifest, save_reference
 from edgec.runtime.compare import default_tolerance, rel_error
 from edgec.runtime.session import Session
@@ -104,8 +104,8 @@ def compile(
       lists every rewrite that fired and every candidate left alone, with its nodes and why.
     """
     from edgec import frontend
-    from edgec.graph_stats import binary_summary, graph_stats
-    from edgec.irutil import output_specs
+    from edgec.core.graph_stats import binary_summary, graph_stats
+    from edgec.core.irutil import output_specs
     from edgec.passes import PassManager, get_pipeline
     from edgec.passes.cleanup import InferShapes
     from edgec.passes.pipelines import check_explain
@@ -306,11 +306,11 @@ def _binarize_layers(prepared: Any, pattern: str) -> dict[str, Any]:
     """Run `binarize_layers`; the binarized model's outputs become the reference."""
     import re
 
-    from edgec.irutil import run_onnx
+    from edgec.core.binary_ops import MIN_OPSET, supports_functions
+    from edgec.core.irutil import run_onnx
     from edgec.passes import PassManager
     from edgec.passes._ir import layer_name
     from edgec.passes.binarize_layers import BinarizeLayers
-    from edgec.passes.binary_ops import MIN_OPSET, supports_functions
     from edgec.passes.cleanup import InferShapes
 
     try:
@@ -349,7 +349,7 @@ def _binarize_layers(prepared: Any, pattern: str) -> dict[str, Any]:
 
 def _candidates(target: str, backend: str) -> list[Any]:
     """The targets a compile builds: one, or the measure-and-pick set for `--backend auto`."""
-    from edgec.errors import TargetError
+    from edgec.core.errors import TargetError
     from edgec.runtime.tvm_backend import host_triple
     from edgec.targets import get_target
 
@@ -395,7 +395,7 @@ def _build(
     device: str | None,
     timings: dict[str, float],
 ) -> _Built:
-    from edgec.irutil import input_specs, output_specs
+    from edgec.core.irutil import input_specs, output_specs
     from edgec.runtime.tvm_backend import host_triple
 
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.errors import NotRenderableError
 from rich.table import Table
 
-from edgec.errors import BundleError, EdgecError, InputError, OptionError
+from edgec.core.errors import BundleError, EdgecError, InputError, OptionError
 from edgec.version import __version__
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -413,7 +413,7 @@ def _print_pass_report(passes: list[dict[str, Any]]) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def verify(bundle: Path, tolerance: float | None, device: str | None, as_json: bool) -> None:
     """Check a bundle's checksums and run its reference input against the stored output."""
-    from edgec.errors import VerificationError
+    from edgec.core.errors import VerificationError
     from edgec.runtime import Bundle, load
 
     where = ""
@@ -649,9 +649,9 @@ def inspect(
             "selection": m.selection,
         }
     else:
+        from edgec.core.graph_stats import graph_stats
+        from edgec.core.irutil import input_specs, output_specs
         from edgec.frontend import load as load_source
-        from edgec.graph_stats import graph_stats
-        from edgec.irutil import input_specs, output_specs
 
         model = load_source(what, input_shapes=list(input_shapes))
         info = {

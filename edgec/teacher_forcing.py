@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from edgec.errors import VerificationError
-from edgec.irutil import input_specs, output_specs, run_onnx
+from edgec.core.errors import VerificationError
+from edgec.core.irutil import input_specs, output_specs, run_onnx
 from edgec.runtime.bundle import Bundle, Manifest
 from edgec.runtime.compare import rel_error
 from edgec.runtime.session import Session

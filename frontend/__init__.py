@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from edgec.errors import InputError, ModelFormatError, OptionError, SourceError
-from edgec.frontend.sources import InputSpec, classify, normalize_input_shapes, parse_dynamic_axis
-from edgec.irutil import graph_inputs, input_specs, ort_failure, ort_session, run_onnx
+from edgec.core.errors import InputError, ModelFormatError, OptionError, SourceError
+from edgec.core.irutil import graph_inputs, input_specs, ort_failure, ort_session, run_onnx
+from edgec.core.specs import InputSpec
+from edgec.frontend.sources import classify, normalize_input_shapes, parse_dynamic_axis
 from edgec.runtime.compare import rel_error
 
 __all__ = ["Prepared", "load", "prepare"]
@@ -304,7 +305,7 @@ def _reference_run(
     model: ir.Model, feeds: dict[str, np.ndarray], label: str, generated: set[str]
 ) -> dict[str, np.ndarray]:
     """onnxruntime on the unmodified model; a failure is the model's or its inputs' fault."""
-    from edgec.errors import EdgecError
+    from edgec.core.errors import EdgecError
 
     try:
         session = ort_session(model)

@@ -14,8 +14,13 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgec.errors import ModelFormatError, OptionError, UnsupportedOpError, UnsupportedTypeError
-from edgec.frontend.sources import InputSpec
+from edgec.core.errors import (
+    ModelFormatError,
+    OptionError,
+    UnsupportedOpError,
+    UnsupportedTypeError,
+)
+from edgec.core.specs import InputSpec
 
 # Domains whose ops some back end implements outside the ONNX standard.
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.edgec"}

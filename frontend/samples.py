@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from edgec.errors import InputError
-from edgec.irutil import graph_inputs, random_inputs
-from edgec.runtime.bundle import TensorSpec
+from edgec.core.errors import InputError
+from edgec.core.irutil import graph_inputs, random_inputs
+from edgec.core.specs import TensorSpec
 
 _INDEXING = {"Gather": 1, "GatherElements": 1}
 _DIVIDING = {"Div": 1, "Mod": 1}

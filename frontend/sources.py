@@ -23,13 +23,11 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgec.errors import OptionError, SourceError
-
-Shape = tuple[int, ...]
+from edgec.core.errors import OptionError, SourceError
+from edgec.core.specs import InputSpec
 
 _DTYPES = (
     "float32",
@@ -45,14 +43,6 @@ _DTYPES = (
     "uint64",
     "bool",
 )
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """A static input shape (and dtype) the user asked for, by input name."""
-
-    shape: Shape
-    dtype: str | None = None  # None: as the model declares it (float32 for a torch module)
 
 
 def parse_input_shape(text: str) -> tuple[str | None, InputSpec]:

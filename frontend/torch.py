@@ -20,8 +20,8 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from edgec.errors import OptionError, SourceError
-from edgec.frontend.sources import InputSpec
+from edgec.core.errors import OptionError, SourceError
+from edgec.core.specs import InputSpec
 
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from edgec.frontend.sources import InputSpec
+from edgec.core.specs import InputSpec
 from edgec.models import binary, ecoformer, fmvit, slab, slab_pvt, slab_swin, tinyvit, vanillanet
 from edgec.models.init import calibrate_batchnorm, randomize_affine
 from edgec.models.registry import ModelInfo, get_info, list_models, register

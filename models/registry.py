@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from edgec.errors import SourceError
-from edgec.frontend.sources import InputSpec
+from edgec.core.errors import SourceError
+from edgec.core.specs import InputSpec
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgec.errors import SourceError
+from edgec.core.errors import SourceError
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

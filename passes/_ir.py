@@ -3,14 +3,14 @@ and bypassing a node whose output another value can stand in for."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 
 import numpy as np
 import onnx_ir as ir
 
+from edgec.core.irutil import initializer
+
 STANDARD = ("", "ai.onnx")
-_counter = itertools.count()
 
 
 def live_nodes(model: ir.Model) -> Iterator[ir.Node]:
@@ -57,21 +57,6 @@ def only_consumer(value: ir.Value) -> ir.Node | None:
 
 def used(value: ir.Value | None) -> bool:
     return value is not None and (value.is_graph_output() or bool(list(value.uses())))
-
-
-def initializer(graph: ir.Graph, array: np.ndarray, hint: str) -> ir.Value:
-    """A new initializer holding `array` (never mutate one: others may read it)."""
-    name = f"{hint}__edgec{next(_counter)}"
-    while name in graph.initializers:
-        name = f"{hint}__edgec{next(_counter)}"
-    value = ir.Value(
-        name=name,
-        shape=ir.Shape(list(array.shape)),
-        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-        const_value=ir.tensor(array, name=name),
-    )
-    graph.register_initializer(value)
-    return value
 
 
 def set_const_input(node: ir.Node, index: int, array: np.ndarray, hint: str) -> None:

@@ -15,17 +15,17 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgec.passes._ir import bypass, initializer, is_op, layer_name, live_nodes
-from edgec.passes.base import EdgecPass
-from edgec.passes.binarize_linear import two_level
-from edgec.passes.binary_codes import ConstantEvaluator
-from edgec.passes.binary_ops import (
+from edgec.core.binary_ops import (
     DOMAIN,
     WORD_BITS,
     ensure_function,
     pack_bits,
     supports_functions,
 )
+from edgec.passes._ir import bypass, initializer, is_op, layer_name, live_nodes
+from edgec.passes.base import EdgecPass
+from edgec.passes.binarize_linear import two_level
+from edgec.passes.binary_codes import ConstantEvaluator
 
 
 class BinarizeEmbedding(EdgecPass):

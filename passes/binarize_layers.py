@@ -26,9 +26,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from edgec.core.binary_ops import binary_dot, code_bits, insert_binary_linear, pack_bits
 from edgec.passes._ir import bypass, dense_params, is_op, layer_name, live_nodes, weight_bias
 from edgec.passes.base import EdgecPass
-from edgec.passes.binary_ops import binary_dot, code_bits, insert_binary_linear, pack_bits
 
 
 @dataclass
@@ -105,7 +105,7 @@ class BinarizeLayers(EdgecPass):
         self, model: ir.Model, layers: list[_Layer]
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each layer's input and output on the sample inputs (one onnxruntime run)."""
-        from edgec.irutil import run_onnx
+        from edgec.core.irutil import run_onnx
 
         proto = ir.serde.serialize_model(model)
         pairs = []

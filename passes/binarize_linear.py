@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from edgec.core.binary_ops import insert_binary_linear, supports_functions
 from edgec.passes._ir import bypass, is_op, layer_name, live_nodes, only_consumer
 from edgec.passes.base import EdgecPass
 from edgec.passes.binary_codes import (
@@ -31,7 +32,6 @@ from edgec.passes.binary_codes import (
     drop_dead,
     replay,
 )
-from edgec.passes.binary_ops import insert_binary_linear, supports_functions
 
 
 def two_level(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from edgec.core.binary_ops import DOMAIN, ensure_function, supports_functions
 from edgec.passes._ir import bypass, is_op, live_nodes
 from edgec.passes.base import EdgecPass
 from edgec.passes.binary_codes import activation_code, drop_dead, replay
-from edgec.passes.binary_ops import DOMAIN, ensure_function, supports_functions
 
 
 def _static(value: ir.Value) -> list[int] | None:

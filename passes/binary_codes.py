@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from edgec.core.binary_ops import STEP_THRESHOLD
 from edgec.passes._ir import const, drop_if_orphaned, is_op, used
-from edgec.passes.binary_ops import STEP_THRESHOLD
 
 MOVEMENT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Slice", "Flatten")
 
@@ -210,7 +210,7 @@ class ConstantEvaluator:
         return result
 
     def _run(self, nodes: list[ir.Node], value: ir.Value) -> np.ndarray | None:
-        from edgec.irutil import run_onnx
+        from edgec.core.irutil import run_onnx
 
         leaves: dict[str, ir.Value] = {}
         for node in nodes:

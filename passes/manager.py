@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgec.errors import VerificationError
-from edgec.graph_stats import graph_stats
-from edgec.irutil import run_onnx
+from edgec.core.errors import VerificationError
+from edgec.core.graph_stats import graph_stats
+from edgec.core.irutil import run_onnx
 from edgec.passes.base import EdgecPass, FixedPoint, Step
 from edgec.runtime.compare import rel_error
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from edgec.errors import OptionError, TargetError
+from edgec.core.errors import OptionError, TargetError
 from edgec.passes.base import FixedPoint, Step
 from edgec.passes.binarize_embedding import BinarizeEmbedding
 from edgec.passes.binarize_linear import BinarizeLinear

@@ -4,7 +4,8 @@ Needs numpy and the bundle's back end (onnxruntime), never torch or the compiler
 runs on a device where only those are installed.
 """
 
-from edgec.runtime.bundle import Bundle, Manifest, TensorSpec
+from edgec.core.specs import TensorSpec
+from edgec.runtime.bundle import Bundle, Manifest
 from edgec.runtime.profile import ProfileReport, profile
 from edgec.runtime.session import Session, VerifyReport, load
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO
 
 from edgec.cache import cache_dir
-from edgec.errors import DeviceError
+from edgec.core.errors import DeviceError
 
 log = logging.getLogger("edgec.device")
 

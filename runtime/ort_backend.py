@@ -8,32 +8,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from edgec.errors import BundleError
-
-ort.set_default_logger_severity(3)  # errors only: its warnings are about its internals
-
-_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-
-
-def session_options(
-    options: dict[str, Any], threads: int, profile_prefix: str | None = None
-) -> ort.SessionOptions:
-    """Build SessionOptions from the manifest's `backend_options`; threads=0 lets ORT pick."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = _LEVELS[options.get("graph_optimization_level", "all")]
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
-    if profile_prefix is not None:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
-    return so
+from edgec.core.errors import BundleError
+from edgec.core.ort_options import session_options
 
 
 class OrtRunner:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edgec.cache import cache_dir
-from edgec.errors import BundleError, DeviceError, OptionError
+from edgec.core.errors import BundleError, DeviceError, OptionError
 from edgec.runtime.bundle import Bundle, load_reference
 from edgec.runtime.tvm_backend import bundle_triple
 

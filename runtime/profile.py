@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.errors import OptionError
+from edgec.core.errors import OptionError
 from edgec.runtime.bundle import Bundle
 from edgec.runtime.session import Session, make_runner
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.errors import BundleError, DeviceError, OptionError
+from edgec.core.errors import BundleError, DeviceError, OptionError
 from edgec.runtime.bundle import Bundle, load_reference, sha256_file
 from edgec.runtime.compare import rel_error
 from edgec.runtime.profile import ProfileReport, check_counts, make_report

@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgec.errors import BundleError, InputError
-from edgec.runtime.bundle import Bundle, TensorSpec, consistent_read, load_reference
+from edgec.core.errors import BundleError, InputError
+from edgec.core.specs import TensorSpec
+from edgec.runtime.bundle import Bundle, consistent_read, load_reference
 from edgec.runtime.compare import rel_error
 
 Inputs = Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.ndarray

@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgec.errors import BundleError
+from edgec.core.errors import BundleError
 from edgec.runtime.bundle import MANIFEST, marked
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.errors import BundleError
+from edgec.core.errors import BundleError
 from edgec.runtime.bundle import Bundle
 
 

@@ -1,4 +1,4 @@
-"""TVM kernels for edgec's binary ops (`edgec.passes.binary_ops`): XNOR/AND-popcount TensorIR.
+"""TVM kernels for edgec's binary ops (`edgec.core.binary_ops`): XNOR/AND-popcount TensorIR.
 
 Each op becomes Relax calls of PrimFuncs built here, one per stage:
 - `edgec_pack`: floats -> uint64 words, bit b of word w = bit(x[b * KW + w]) (consecutive
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.passes.binary_ops import WORD_BITS, words
+from edgec.core.binary_ops import WORD_BITS, words
 
 KERNEL_ATTR = "edgec.binary_kernel"
 ROW_BLOCK = 4  # rows of the activations that share each loaded weight vector

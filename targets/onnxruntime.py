@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from edgec.irutil import ort_session
+from edgec.core.irutil import ort_session
 from edgec.targets.base import Artifacts, CompileOptions
 
 # protobuf cannot hold 2 GiB; past this much weight data, it goes to model.onnx.data

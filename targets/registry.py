@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgec.errors import TargetError
+from edgec.core.errors import TargetError
 from edgec.targets.base import Target
 from edgec.targets.onnxruntime import OnnxruntimeTarget
 from edgec.targets.tvm import TvmArm64Target, TvmX86Target

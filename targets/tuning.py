@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from edgec.cache import cache_dir
-from edgec.errors import EdgecError, OptionError
+from edgec.core.errors import EdgecError, OptionError
 from edgec.targets.base import CompileOptions
+from edgec.targets.tvm_targets import host_target
 
 log = logging.getLogger("edgec.tuning")
 
@@ -249,8 +250,6 @@ def schedule(
     import tvm
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
-
-    from edgec.targets.tvm import host_target
 
     trials = int(options.extra.get("tune") or 0)
     seconds = options.extra.get("tune_time")

@@ -10,61 +10,21 @@ applies the records tuned for the host where the workloads match, and the manife
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import onnx_ir as ir
 
-from edgec.errors import TargetError
+from edgec.core.errors import TargetError
 from edgec.runtime.tvm_backend import host_triple
+from edgec.targets import tuning
 from edgec.targets.base import Artifacts, CompileOptions
 from edgec.targets.tvm_import import import_onnx
-
-# -mattr per arm64 CPU: NEON everywhere; the dot-product (and fp16) extensions where the core
-# has them (Arm's technical reference manuals).
-ARM64_CPUS: dict[str, list[str]] = {
-    "generic": ["+neon"],
-    "cortex-a53": ["+neon"],
-    "cortex-a72": ["+neon"],
-    "cortex-a55": ["+neon", "+dotprod", "+fullfp16"],
-    "cortex-a76": ["+neon", "+dotprod", "+fullfp16"],
-    "cortex-a78": ["+neon", "+dotprod", "+fullfp16"],
-    "cortex-x1": ["+neon", "+dotprod", "+fullfp16"],
-    "neoverse-n1": ["+neon", "+dotprod", "+fullfp16"],
-    "neoverse-v1": ["+neon", "+dotprod", "+fullfp16", "+i8mm"],
-    "neoverse-n2": ["+neon", "+dotprod", "+fullfp16", "+i8mm"],
-    "apple-m1": ["+neon", "+dotprod", "+fullfp16"],
-}
+from edgec.targets.tvm_targets import arm64_target, host_target
 
 CROSS_CC = "aarch64-linux-gnu-gcc"
 CROSS_PACKAGE = "gcc-aarch64-linux-gnu"
-
-
-def host_target(mcpu: str | None = None, threads: int = 0) -> dict[str, Any]:
-    """The TVM target dict for this machine (TVM rejects CLI-style strings)."""
-    import tvm
-
-    return {
-        "kind": "llvm",
-        "mtriple": "x86_64-linux-gnu",
-        "mcpu": mcpu or tvm.target.codegen.llvm_get_system_cpu(),
-        "num-cores": threads or os.cpu_count() or 1,
-    }
-
-
-def arm64_target(mcpu: str | None = None, threads: int = 0) -> dict[str, Any]:
-    cpu = mcpu or "generic"
-    if cpu not in ARM64_CPUS:
-        raise TargetError(f"unknown arm64 --mcpu '{cpu}'; known: {', '.join(ARM64_CPUS)}")
-    return {
-        "kind": "llvm",
-        "mtriple": "aarch64-linux-gnu",
-        "mcpu": cpu,
-        "mattr": list(ARM64_CPUS[cpu]),
-        "num-cores": threads or 4,
-    }
 
 
 class TvmTarget:
@@ -87,7 +47,6 @@ class TvmTarget:
         import tvm
         from tvm import relax
 
-        from edgec.targets import tuning
         from edgec.targets.binary_kernels import schedule_untuned
 
         target = self.target_dict(options)

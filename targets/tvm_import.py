@@ -18,8 +18,8 @@ from typing import Any
 
 import onnx_ir as ir
 
-from edgec.errors import UnsupportedOpError
-from edgec.passes.binary_ops import DOMAIN
+from edgec.core.binary_ops import DOMAIN
+from edgec.core.errors import UnsupportedOpError
 from edgec.targets.binary_kernels import CONVERTERS, clear_kernels
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import onnxruntime as ort
 
 import edgec
-from edgec.errors import EdgecError
+from edgec.core.errors import EdgecError
 from tests.conformance.cases import Case, all_cases
 
 

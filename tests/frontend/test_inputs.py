@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgec
-from edgec.errors import InputError, OptionError, UnsupportedTypeError
+from edgec.core.errors import InputError, OptionError, UnsupportedTypeError
 from edgec.frontend import prepare
 from edgec.runtime.bundle import Bundle, load_reference
 

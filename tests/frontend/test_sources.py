@@ -15,10 +15,12 @@ import torch
 
 import edgec
 from edgec import frontend
-from edgec.errors import ModelFormatError, OptionError, SourceError, UnsupportedOpError
+from edgec.core.errors import ModelFormatError, OptionError, SourceError, UnsupportedOpError
+from edgec.core.specs import InputSpec
 from edgec.frontend import load, prepare
-from edgec.frontend.sources import InputSpec, parse_dynamic_axis, parse_input_shape
+from edgec.frontend.sources import parse_dynamic_axis, parse_input_shape
 from edgec.runtime.compare import rel_error
+from edgec.runtime.session import Session
 from tests.conftest import make_onnx_model, tree_digest
 
 TOL = 1e-5
@@ -57,13 +59,13 @@ def test_parse_dynamic_axis() -> None:
 
 def test_module_with_input_shapes(tiny_net: torch.nn.Module, tmp_path: Path) -> None:
     bundle = edgec.compile(tiny_net, output=tmp_path / "b", input_shapes={"x": (1, 3, 16, 16)})
-    got = bundle.load().run({"x": X})
+    got = Session(bundle).run({"x": X})
     assert rel_error(next(iter(got.values())), eager(tiny_net, X)) < TOL
 
 
 def test_module_with_example_inputs(tiny_net: torch.nn.Module, tmp_path: Path) -> None:
     bundle = edgec.compile(tiny_net, output=tmp_path / "b", example_inputs=(torch.from_numpy(X),))
-    ref_in, ref_out = bundle.load().reference()
+    ref_in, ref_out = Session(bundle).reference()
     np.testing.assert_array_equal(ref_in["x"], X)
     assert rel_error(next(iter(ref_out.values())), eager(tiny_net, X)) == 0.0
 
@@ -81,7 +83,7 @@ def test_module_unknown_input_name(tiny_net: torch.nn.Module) -> None:
 def test_exported_program(tiny_net: torch.nn.Module, tmp_path: Path) -> None:
     program = torch.export.export(tiny_net, (torch.from_numpy(X),))
     bundle = edgec.compile(program, output=tmp_path / "b")
-    got = bundle.load().run([X])
+    got = Session(bundle).run([X])
     assert rel_error(next(iter(got.values())), eager(tiny_net, X)) < TOL
 
 
@@ -102,7 +104,7 @@ def test_onnx_file(onnx_file: Path, tmp_path: Path) -> None:
     before = tree_digest(onnx_file.parent)
     bundle = edgec.compile(onnx_file, output=tmp_path / "b")
     x = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
-    got = bundle.load().run({"x": x})["y"]
+    got = Session(bundle).run({"x": x})["y"]
     assert rel_error(got, _ort_reference(onnx_file, x)) < TOL
     assert tree_digest(onnx_file.parent) == before
     assert bundle.manifest.source["kind"] == "onnx"
@@ -123,7 +125,7 @@ def test_onnx_file_with_external_data(tmp_path: Path) -> None:
     before = tree_digest(user)
     bundle = edgec.compile(path, output=tmp_path / "b")
     x = np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)
-    assert rel_error(bundle.load().run([x])["y"], _ort_reference(path, x)) < TOL
+    assert rel_error(Session(bundle).run([x])["y"], _ort_reference(path, x)) < TOL
     assert tree_digest(user) == before
 
 
@@ -160,7 +162,7 @@ def test_torch_dynamic_axis(tiny_net: torch.nn.Module, tmp_path: Path) -> None:
     )
     assert bundle.manifest.inputs[0].shape == ("batch", 3, 16, 16)
     x3 = np.random.default_rng(4).standard_normal((3, 3, 16, 16)).astype(np.float32)
-    got = next(iter(bundle.load().run([x3]).values()))
+    got = next(iter(Session(bundle).run([x3]).values()))
     assert got.shape == (3, 5)
     assert rel_error(got, eager(tiny_net, x3)) < TOL
 
@@ -200,7 +202,7 @@ def test_file_factory(tmp_path: Path) -> None:
     exec(textwrap.dedent(FACTORY), ns)
     module = ns["build"]()  # type: ignore[operator]
     x = np.random.default_rng(5).standard_normal((2, 12)).astype(np.float32)
-    assert rel_error(bundle.load().run([x])["linear_1"], eager(module, x)) < TOL
+    assert rel_error(Session(bundle).run([x])["linear_1"], eager(module, x)) < TOL
 
 
 def test_file_factory_returning_inputs(tmp_path: Path) -> None:

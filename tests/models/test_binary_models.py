@@ -14,7 +14,7 @@ import pytest
 
 import edgec
 from edgec import frontend
-from edgec.passes.binary_ops import DOMAIN
+from edgec.core.binary_ops import DOMAIN
 
 pytestmark = pytest.mark.slow  # binary models compiled for both back ends
 

@@ -15,6 +15,7 @@ import edgec
 from edgec import models
 from edgec.models import binary, ecoformer, fmvit, slab
 from edgec.runtime.compare import rel_error
+from edgec.runtime.session import Session
 
 pytestmark = pytest.mark.slow  # every built-in model exported against torch
 
@@ -93,7 +94,7 @@ def test_exports_and_matches_torch(name: str, tmp_path: Path) -> None:
     bundle = edgec.compile(name, output=tmp_path / name, backend="onnxruntime")
     assert bundle.manifest.reference["max_rel_error"] <= 1e-4
     feeds = _fixed_input(name)
-    got = next(iter(bundle.load().run(feeds).values()))
+    got = next(iter(Session(bundle).run(feeds).values()))
     expected = _eager(models.create(name), feeds)
     assert got.shape == expected.shape
     assert rel_error(got, expected) <= 1e-4
@@ -224,7 +225,7 @@ def test_weights_round_trip(tmp_path: Path) -> None:
 
 
 def test_weights_errors(tmp_path: Path) -> None:
-    from edgec.errors import SourceError
+    from edgec.core.errors import SourceError
 
     state = models.create("tiny_vit_5m").state_dict()
     bad_shape = dict(state)

@@ -12,6 +12,7 @@ import torch
 import edgec
 from edgec import models
 from edgec.runtime.compare import rel_error
+from edgec.runtime.session import Session
 
 pytestmark = pytest.mark.slow  # full-size VanillaNet
 
@@ -69,7 +70,7 @@ def test_full_size_compile_matches_torch(tmp_path: Path) -> None:
     x = np.random.default_rng(9).standard_normal((1, 3, 224, 224)).astype(np.float32)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    got = next(iter(bundle.load().run({"x": x}).values()))
+    got = next(iter(Session(bundle).run({"x": x}).values()))
     assert got.shape == (1, 1000)
     assert rel_error(got, expected) < 1e-5
     # the deploy form: BN folded, conv pairs merged, leaky_relu(x, 1) gone (MODELS.md)

@@ -10,7 +10,7 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
-from edgec.irutil import input_specs, random_inputs, run_onnx
+from edgec.core.irutil import input_specs, random_inputs, run_onnx
 from edgec.passes.base import Candidate, EdgecPass
 from edgec.runtime.compare import max_rel_error
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgec.irutil import input_specs, random_inputs, run_onnx
+from edgec.core.irutil import input_specs, random_inputs, run_onnx
 from edgec.runtime.compare import max_rel_error
 
 

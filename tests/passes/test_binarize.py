@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgec.core.binary_ops import DOMAIN, unpack_bits
 from edgec.passes.binarize_layers import BinarizeLayers
 from edgec.passes.binarize_linear import BinarizeLinear
 from edgec.passes.binarize_matmul import BinarizeMatmul
-from edgec.passes.binary_ops import DOMAIN, unpack_bits
 from tests.passes.graphs import Graph, apply, check, ops
 
 OPSET = 17  # the bodies work from opset 13 on
@@ -102,7 +102,7 @@ def test_post_training_binarization_reports_each_layer() -> None:
     before = g.model(y, opset=OPSET)
     import onnx_ir as ir
 
-    from edgec.irutil import input_specs, random_inputs
+    from edgec.core.irutil import input_specs, random_inputs
 
     feeds = random_inputs(input_specs(ir.serde.deserialize_model(before)), seed=0)
     binarizer = BinarizeLayers(r".*", feeds)
@@ -112,7 +112,7 @@ def test_post_training_binarization_reports_each_layer() -> None:
     for layer in binarizer.layers:  # a binarized layer is an approximation, not a copy
         assert 0.01 < layer.max_rel_error < 2.0
     # the report is the layer as it runs: re-running the binarized graph gives the same model
-    from edgec.irutil import run_onnx
+    from edgec.core.irutil import run_onnx
 
     got = run_onnx(ir.serde.serialize_model(after), feeds)
     assert np.isfinite(next(iter(got.values()))).all()
@@ -124,7 +124,7 @@ def test_post_training_binarization_follows_the_pattern() -> None:
     before = g.model(y, opset=OPSET)
     import onnx_ir as ir
 
-    from edgec.irutil import input_specs, random_inputs
+    from edgec.core.irutil import input_specs, random_inputs
 
     feeds = random_inputs(input_specs(ir.serde.deserialize_model(before)), seed=0)
     after, n = apply(BinarizeLayers(r"^nothing$", feeds), before)

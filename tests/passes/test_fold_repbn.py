@@ -62,7 +62,7 @@ def test_repbn_folds_into_a_linear(cls: type[nn.Module]) -> None:
     assert "BatchNormalization" not in op_types and "Transpose" not in op_types
     assert op_types.count("Mul") == 0  # the affine went into a Linear
     x = np.random.default_rng(1).standard_normal((2, 10, 16)).astype(np.float32)
-    from edgec.irutil import run_onnx
+    from edgec.core.irutil import run_onnx
 
     got = next(iter(run_onnx(model, {"x": x}).values()))
     with torch.no_grad():

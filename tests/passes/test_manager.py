@@ -6,8 +6,8 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from edgec.errors import VerificationError
-from edgec.irutil import input_specs, random_inputs, run_onnx
+from edgec.core.errors import VerificationError
+from edgec.core.irutil import input_specs, random_inputs, run_onnx
 from edgec.passes import FixedPoint, PassManager, get_pipeline
 from edgec.passes.base import EdgecPass
 from edgec.passes.cleanup import DropIdentityNodes, FoldConstants

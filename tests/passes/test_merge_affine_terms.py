@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from edgec.core.irutil import run_onnx
 from edgec.frontend import prepare
-from edgec.irutil import run_onnx
 from edgec.passes import PassManager, get_pipeline
 from edgec.passes.fold_repbn import FoldRepbn
 from edgec.passes.merge_affine_terms import MergeAffineTerms

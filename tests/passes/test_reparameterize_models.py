@@ -11,6 +11,7 @@ from torch import nn
 
 import edgec
 from edgec.runtime.compare import rel_error
+from edgec.runtime.session import Session
 from tests.conftest import with_bn_statistics
 
 pytestmark = pytest.mark.slow  # the pipeline on whole built-in models
@@ -85,7 +86,7 @@ def test_repvgg_and_mobileone_fold_to_a_plain_chain(tmp_path: Path) -> None:
     x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    got = next(iter(bundle.load().run({"x": x}).values()))
+    got = next(iter(Session(bundle).run({"x": x}).values()))
     assert rel_error(got, expected) < 1e-4
     fired = {p["name"] for p in bundle.manifest.passes if p["rewrites"]}
     assert {"fold_batchnorm", "merge_parallel_branches"} <= fired

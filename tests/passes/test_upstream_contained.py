@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import edgec
-from edgec.irutil import run_onnx
+from edgec.core.irutil import run_onnx
 from edgec.passes.cleanup import DropIdentityNodes, FoldConstants, InferShapes
 from tests.passes.helpers import assert_equivalent, parse, to_proto
 

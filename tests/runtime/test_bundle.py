@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import edgec
-from edgec.errors import BundleError
+from edgec.core.errors import BundleError
 from edgec.runtime import Bundle, load
 from edgec.runtime.bundle import MANIFEST
 from edgec.runtime.staging import staged_bundle

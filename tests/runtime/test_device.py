@@ -28,8 +28,8 @@ import torch
 
 import edgec
 from edgec import frontend
-from edgec.errors import DeviceError
-from edgec.irutil import run_onnx
+from edgec.core.errors import DeviceError
+from edgec.core.irutil import run_onnx
 from edgec.runtime.bundle import Bundle, load_reference
 from edgec.runtime.compare import rel_error
 from edgec.runtime.remote import connect

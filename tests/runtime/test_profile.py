@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgec.errors import OptionError
+from edgec.core.errors import OptionError
 from edgec.runtime import load, profile
 
 

@@ -22,7 +22,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgec.errors import BundleError
+from edgec.core.errors import BundleError
 from edgec.runtime import Bundle
 from edgec.runtime.bundle import MANIFEST, REFERENCE, finalize_manifest, load_reference
 from edgec.runtime.staging import staged_bundle, sweep_stale

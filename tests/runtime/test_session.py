@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgec.errors import InputError
+from edgec.core.errors import InputError
 from edgec.runtime import load
 
 X = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)

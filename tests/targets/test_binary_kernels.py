@@ -15,11 +15,11 @@ from onnx import helper, numpy_helper
 from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
 
-from edgec.errors import UnsupportedOpError
-from edgec.passes import binary_ops as B
+from edgec.core import binary_ops as B
+from edgec.core.errors import UnsupportedOpError
 from edgec.targets import binary_kernels as K
-from edgec.targets.tvm import host_target
 from edgec.targets.tvm_import import EdgecConverterError, import_onnx
+from edgec.targets.tvm_targets import host_target
 
 pytestmark = pytest.mark.slow  # TVM kernel builds and a tuning search
 

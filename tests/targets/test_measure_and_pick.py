@@ -8,7 +8,8 @@ import onnx
 import pytest
 
 import edgec
-from edgec.errors import UnsupportedOpError
+from edgec.core.errors import UnsupportedOpError
+from edgec.runtime.session import Session
 from edgec.targets.tvm import TvmTarget
 from tests.conftest import make_onnx_model
 
@@ -28,7 +29,7 @@ def test_auto_records_both_timings_and_keeps_the_faster(target: str, tmp_path: P
     assert bundle.manifest.target == target
     files = sorted(p.name for p in bundle.path.iterdir())
     assert not [f for f in files if f.startswith(".candidate")]
-    assert bundle.load().verify().ok
+    assert Session(bundle).verify().ok
 
 
 def test_a_back_end_that_fails_is_left_out_and_recorded(

@@ -38,7 +38,7 @@ def test_no_fallback_passes(tiny_net, tmp_path: Path, monkeypatch: pytest.Monkey
     def broken(self, model, options, stage):
         artifacts = original(self, model, options, stage)
         bias = next(v for k, v in model.graph.initializers.items() if "head" in k)
-        bias.const_value = edgec.irutil.ir.tensor(bias.const_value.numpy() + 1.0)
+        bias.const_value = edgec.core.irutil.ir.tensor(bias.const_value.numpy() + 1.0)
         from edgec.targets.onnxruntime import save_onnx
 
         save_onnx(model, stage / "model.onnx")

@@ -13,6 +13,7 @@ import pytest
 
 import edgec
 from edgec.runtime.compare import rel_error
+from edgec.runtime.session import Session
 from edgec.targets.tuning import database_dir, target_key
 from tests.conftest import make_onnx_model
 
@@ -39,7 +40,7 @@ def test_tuning_runs_trials_and_a_second_compile_reuses_the_database(
 
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
     expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
-    assert rel_error(bundle.load().run({"x": x})["y"], expected) < 1e-4
+    assert rel_error(Session(bundle).run({"x": x})["y"], expected) < 1e-4
 
     start = time.perf_counter()
     again = edgec.compile(path, output=tmp_path / "b2", tune=6, **kwargs)

@@ -19,6 +19,7 @@ import edgec
 from edgec import frontend
 from edgec.runtime import load
 from edgec.runtime.compare import rel_error
+from edgec.runtime.session import Session
 from tests.conftest import make_onnx_model
 
 pytestmark = pytest.mark.slow  # TVM builds
@@ -62,21 +63,21 @@ def test_conv_net_from_onnx_matches_onnxruntime(tmp_path: Path) -> None:
     assert m.backend_options["tuning"]["trials_run"] == 0
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
     expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
-    assert rel_error(bundle.load().run({"x": x})["y"], expected) < 1e-4
+    assert rel_error(Session(bundle).run({"x": x})["y"], expected) < 1e-4
 
 
 def test_transformer_matches_onnxruntime_and_torch(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = TinyTransformer().eval()
     prepared = frontend.prepare(model, input_shapes=["x=2x16x32"])
-    from edgec.irutil import run_onnx
+    from edgec.core.irutil import run_onnx
 
     x = np.random.default_rng(1).standard_normal((2, 16, 32)).astype(np.float32)
     expected = next(iter(run_onnx(prepared.model, {"x": x}).values()))  # the unmodified model
     bundle = edgec.compile(
         model, target="x86_64", output=tmp_path / "b", input_shapes=["x=2x16x32"], backend="tvm"
     )
-    got = next(iter(bundle.load().run({"x": x}).values()))
+    got = next(iter(Session(bundle).run({"x": x}).values()))
     assert rel_error(got, expected) < 1e-4
     with torch.no_grad():
         assert rel_error(got, model(torch.from_numpy(x)).numpy()) < 1e-4

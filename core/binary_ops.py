@@ -36,6 +36,8 @@ import onnx
 import onnx.parser
 import onnx_ir as ir
 
+from edgec.core.irutil import initializer
+
 DOMAIN = "ai.edgec"
 OPSET = 1
 WORD_BITS = 64
@@ -159,8 +161,6 @@ def insert_binary_linear(
 ) -> ir.Value:
     """A BinaryLinear node before `before`: weight codes `bits` (N, K) packed here, the input's
     binarization `code` = (step, threshold, low); returns its output."""
-    from edgec.passes._ir import initializer
-
     graph = model.graph
     step, threshold, low = code
     node = ir.Node(

@@ -6,6 +6,7 @@ what it computes is the graph as written, not onnxruntime's rewrite of it.
 
 from __future__ import annotations
 
+import itertools
 import re
 import tempfile
 from pathlib import Path
@@ -15,9 +16,9 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from edgec.errors import UnsupportedOpError
-from edgec.runtime.bundle import TensorSpec
-from edgec.runtime.ort_backend import session_options
+from edgec.core.errors import UnsupportedOpError
+from edgec.core.ort_options import session_options
+from edgec.core.specs import TensorSpec
 
 _PROTO_LIMIT = 1_800_000_000  # protobuf refuses to serialize 2 GiB; save external data past this
 _NOT_IMPLEMENTED = re.compile(r"implementation for (\S+?)\((\d+)\) node with name '([^']*)'")
@@ -150,3 +151,21 @@ def run_onnx(
     session = ort_session(model, optimize)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+_counter = itertools.count()
+
+
+def initializer(graph: ir.Graph, array: np.ndarray, hint: str) -> ir.Value:
+    """A new initializer holding `array` (never mutate one: others may read it)."""
+    name = f"{hint}__edgec{next(_counter)}"
+    while name in graph.initializers:
+        name = f"{hint}__edgec{next(_counter)}"
+    value = ir.Value(
+        name=name,
+        shape=ir.Shape(list(array.shape)),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        const_value=ir.tensor(array, name=name),
+    )
+    graph.register_initializer(value)
+    return value
