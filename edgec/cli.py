@@ -6,7 +6,6 @@ Exit codes: 0 success; 2 a user error (one line naming the thing at fault, no tr
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -19,36 +18,11 @@ from typing import Any
 
 import click
 import numpy as np
-from rich.console import Console
 from rich.errors import NotRenderableError
-from rich.table import Table
 
+from edgec import render
 from edgec.core.errors import BundleError, EdgecError, InputError, OptionError
 from edgec.version import __version__
-
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, highlight=False)
-
-
-def _json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=_jsonable))
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if hasattr(obj, "to_json"):
-        return obj.to_json()
-    if hasattr(obj, "__dict__"):
-        return vars(obj)
-    return str(obj)
-
-
-def _fmt_count(n: int | float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))
 
 
 def _threads_option(default: int, text: str) -> Callable[[Any], Any]:
@@ -232,7 +206,7 @@ def compile(
     given = _read_inputs((*input_files, *([str(inputs_npz)] if inputs_npz else [])))
     verify = verify or report  # the report's error column needs the per-pass runs
     start = time.perf_counter()
-    with err.status("compiling", spinner="dots") as status:
+    with render.err.status("compiling", spinner="dots") as status:
         bundle = edgec.compile(
             source,
             target=target,
@@ -258,150 +232,14 @@ def compile(
     seconds = time.perf_counter() - start
     m = bundle.manifest
     if as_json:
-        _json({"bundle": str(bundle.path), "seconds": seconds, "manifest": m.to_json()})
+        render.print_json({"bundle": str(bundle.path), "seconds": seconds, "manifest": m.to_json()})
         return
-    if report:
-        _print_pass_report(m.passes)
-    if explain is not None:
-        _print_explain(m.passes)
-    before, after = m.stats["before"], m.stats["after"]
-    out.print(
-        f"[bold green]compiled[/] {source} -> [bold]{bundle.path}[/] "
-        f"({m.target}, {m.backend}) in {seconds:.1f} s"
-    )
-    out.print(
-        f"  nodes {before['nodes']} -> {after['nodes']}, "
-        f"parameters {_fmt_count(before['parameters'])} -> {_fmt_count(after['parameters'])}, "
-        f"MACs {_fmt_count(before['macs'])} -> {_fmt_count(after['macs'])}"
-    )
-    if m.reference["max_rel_error"] is None:
-        out.print(f"  [yellow]not checked against the reference here[/]: {m.reference['note']}")
-    else:
-        out.print(
-            f"  max relative error {m.reference['max_rel_error']:.2e} against "
-            f"{m.reference['against']} (tolerance {m.reference['tolerance']:.0e})"
-        )
-        if m.reference.get("note"):
-            out.print(f"  note: {m.reference['note']}")
-    if "binarization" in m.reference:
-        _print_binarization(m.reference["binarization"])
-    tuning = m.backend_options.get("tuning")
-    if tuning:
-        out.print("  " + _describe_tuning(tuning))
-    if m.selection:
-        _print_selection(m.selection, detailed=report)
-
-
-def _print_binarization(b: dict[str, Any]) -> None:
-    table = Table(title=f"--binarize '{b['pattern']}': each layer's output error on the samples")
-    for col in ("layer", "kind", "in -> out", "max rel error"):
-        table.add_column(col, justify="right" if col != "layer" else "left")
-    for layer in b["layers"]:
-        table.add_row(
-            layer["name"],
-            layer["kind"],
-            f"{layer['in_features']} -> {layer['out_features']}",
-            f"{layer['max_rel_error']:.2e}",
-        )
-    out.print(table)
-    out.print(
-        f"  binarized model against the float model: max relative error "
-        f"{b['output_error_vs_float']:.2e} on the sample inputs"
-    )
-
-
-def _describe_tuning(t: dict[str, Any]) -> str:
-    if not t["tasks"]:
-        return "TVM: no kernels to tune"
-    text = (
-        f"TVM tuning: {t['tasks'] - len(t['tasks_untuned'])}/{t['tasks']} kernels scheduled "
-        f"from the database ({t['tasks_from_database']} already there"
-    )
-    if t["trials_run"]:
-        text += f"; {t['trials_ok']}/{t['trials_run']} trials measured in {t['seconds']:.0f} s"
-    text += ")"
-    if "records_measured_on" in t:
-        text += f"; records measured on {t['records_measured_on']}"
-    return text
-
-
-def _print_selection(sel: dict[str, Any], detailed: bool) -> None:
-    parts = []
-    for name, c in sel["candidates"].items():
-        if "failed" in c:
-            parts.append(f"{name} failed ({c['failed']})")
-        else:
-            parts.append(f"{name} {c['p50_ms']:.2f} ms (error {c['max_rel_error']:.1e})")
-    out.print(f"  back end [bold]{sel['chosen']}[/] chosen by measurement: " + ", ".join(parts))
-    if detailed:
-        table = Table(title=f"measure-and-pick ({sel['rule']})")
-        for col in ("back end", "p50 ms", "runs", "max rel err", "tuned kernels"):
-            table.add_column(col, justify="left" if col == "back end" else "right")
-        for name, c in sel["candidates"].items():
-            if "failed" in c:
-                table.add_row(name, "-", "-", "-", "failed")
-                continue
-            t = c.get("tuning")
-            tuned = f"{t['tasks'] - len(t['tasks_untuned'])}/{t['tasks']}" if t else "-"
-            chosen = " (chosen)" if name == sel["chosen"] else ""
-            table.add_row(
-                name + chosen,
-                f"{c['p50_ms']:.2f}",
-                str(c["runs"]),
-                f"{c['max_rel_error']:.1e}",
-                tuned,
-            )
-        out.print(table)
+    render.compile_summary(source, bundle, seconds, report, explain is not None)
 
 
 def _explain_value(explain: str | None) -> bool | str:
     """--explain's value for the API: False (absent), True (all passes) or a pass name."""
     return False if explain is None else True if explain == "*" else explain
-
-
-def _print_explain(passes: list[dict[str, Any]]) -> None:
-    """Each pass's candidates, each once (at the first round that saw it)."""
-    seen: set[tuple[Any, ...]] = set()
-    for p in passes:
-        fresh = []
-        for c in p.get("explained") or []:
-            key = (p["name"], c["rule"], tuple(c["nodes"]), c["fired"], c["reason"])
-            if key not in seen:
-                seen.add(key)
-                fresh.append(c)
-        if not fresh:
-            continue
-        out.print(f"[bold]{p['name']}[/] (round {p['round']}):")
-        for c in fresh:
-            where = ", ".join(
-                f"{n or '?'} ({op})" for n, op in zip(c["nodes"], c["ops"], strict=True)
-            )
-            what = "[green]fired[/]     " if c["fired"] else "[yellow]left alone[/]"
-            why = "" if c["fired"] else f": {c['reason']}"
-            out.print(f"  {what} {c['rule']}: {where}{why}", highlight=False, soft_wrap=True)
-    if not seen:
-        out.print("explain: no pass found a candidate (no rule matched any part of the graph)")
-
-
-def _print_pass_report(passes: list[dict[str, Any]]) -> None:
-    table = Table(title="passes")
-    for col in ("pass", "round", "rewrites", "nodes", "parameters", "MACs", "max rel err", "ms"):
-        table.add_column(col, justify="left" if col == "pass" else "right")
-    for p in passes:
-        if p["round"] > 1 and not p["rewrites"]:
-            continue  # the round of a fixed point that found nothing more
-        error = "-" if p["max_rel_error"] is None else f"{p['max_rel_error']:.1e}"
-        table.add_row(
-            p["name"],
-            str(p["round"]),
-            str(p["rewrites"]),
-            f"{p['nodes_before']} -> {p['nodes_after']}",
-            f"{_fmt_count(p['params_before'])} -> {_fmt_count(p['params_after'])}",
-            f"{_fmt_count(p['macs_before'])} -> {_fmt_count(p['macs_after'])}",
-            error,
-            f"{p['seconds'] * 1e3:.1f}",
-        )
-    out.print(table)
 
 
 @cli.command()
@@ -427,10 +265,10 @@ def verify(bundle: Path, tolerance: float | None, device: str | None, as_json: b
     else:
         report = load(bundle).verify(tolerance)
     if as_json:
-        _json({"bundle": str(bundle), "device": device or "host", **report.to_json()})
+        render.print_json({"bundle": str(bundle), "device": device or "host", **report.to_json()})
     else:
         for name, e in report.errors.items():
-            out.print(f"  {name}: max relative error {e:.2e}")
+            render.out.print(f"  {name}: max relative error {e:.2e}")
     if not report.ok:
         worst = max(report.errors, key=lambda k: report.errors[k])
         raise VerificationError(
@@ -438,7 +276,7 @@ def verify(bundle: Path, tolerance: float | None, device: str | None, as_json: b
             f"{report.max_error:.2e} > tolerance {report.tolerance:.0e}"
         )
     if not as_json:
-        out.print(
+        render.out.print(
             f"[bold green]verified[/] {bundle}{where}: checksums match, max relative error "
             f"{report.max_error:.2e} <= {report.tolerance:.0e}"
         )
@@ -499,7 +337,7 @@ def run(bundle: Path, inputs: tuple[str, ...], output_dir: Path | None, threads:
             np.save(output_dir / f"{name}.npy", value)
     for name, value in results.items():
         where = f" -> {output_dir / (name + '.npy')}" if output_dir is not None else ""
-        out.print(f"{name}: {value.dtype} {tuple(value.shape)}{where}")
+        render.out.print(f"{name}: {value.dtype} {tuple(value.shape)}{where}")
 
 
 @cli.command()
@@ -535,51 +373,16 @@ def profile(
         if per_op:
             raise OptionError("--per-op needs the onnxruntime back end on this host")
         opened = Bundle.open(bundle)
-        with connect(device) as remote, err.status(f"profiling {runs} runs on {device}"):
+        with connect(device) as remote, render.err.status(f"profiling {runs} runs on {device}"):
             report = remote.profile(opened, runs=runs, warmup=warmup, threads=threads)
     else:
         session = load(bundle)
-        with err.status(f"profiling {runs} runs", spinner="dots"):
+        with render.err.status(f"profiling {runs} runs", spinner="dots"):
             report = run_profile(session, runs=runs, warmup=warmup, threads=threads, per_op=per_op)
     if as_json:
-        _json(report.to_json())
+        render.print_json(report.to_json())
         return
-    table = Table(title=f"{bundle} ({report.backend}, {report.threads} thread(s), {report.device})")
-    for col in ("cold start", "mean", "std", "min", "p50", "p90", "p99", "max"):
-        table.add_column(col + " ms", justify="right")
-    table.add_column("per s", justify="right")
-    table.add_column("peak RSS", justify="right")
-    table.add_row(
-        *(
-            f"{v:.2f}"
-            for v in (
-                report.cold_start_ms,
-                report.mean_ms,
-                report.std_ms,
-                report.min_ms,
-                report.p50_ms,
-                report.p90_ms,
-                report.p99_ms,
-                report.max_ms,
-                report.throughput_per_s,
-            )
-        ),
-        f"{report.peak_rss_mb:.0f} MB",
-    )
-    out.print(table)
-    out.print(f"{runs} runs after {warmup} warm-up runs")
-    if report.emulated:
-        out.print(
-            "[bold yellow]emulated latency[/]: measured under emulation, it says nothing about "
-            "the speed of a real device (the numerics are real)"
-        )
-    if report.per_op:
-        ops = Table(title="time per node")
-        for col in ("node", "op", "module", "ms", "share"):
-            ops.add_column(col, justify="right" if col in ("ms", "share") else "left")
-        for o in report.per_op[:top]:
-            ops.add_row(o.name, o.op_type, o.module, f"{o.mean_ms:.3f}", f"{o.share:.1%}")
-        out.print(ops)
+    render.profile_report(bundle, report, runs, warmup, top)
 
 
 @cli.command()
@@ -617,9 +420,9 @@ def inspect(
         )
         passes = [r.to_json() for r in reports]
         if as_json:
-            _json({"source": what, "target": target, "passes": passes})
+            render.print_json({"source": what, "target": target, "passes": passes})
         else:
-            _print_explain(passes)
+            render.print_explain(passes)
         return
     if explain is not None and not any("explained" in p for p in Bundle.open(what).manifest.passes):
         raise OptionError(
@@ -661,74 +464,18 @@ def inspect(
             "stats": vars(graph_stats(model)),
         }
     if as_json:
-        _json(info)
+        render.print_json(info)
         return
     try:
-        _print_inspect(info)
+        render.print_inspect(info)
         if explain is not None:
-            _print_explain(info["passes"])
+            render.print_explain(info["passes"])
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, NotRenderableError) as e:
         if "bundle" not in info:
             raise
         raise BundleError(
             f"bundle '{what}': {MANIFEST} is malformed (cannot describe it: {type(e).__name__} {e})"
         ) from None
-
-
-def _print_binary(b: dict[str, Any], size_bytes: int | None) -> None:
-    out.print(
-        f"  binary: {b['layers']} binarized layers, {_fmt_count(b['weights'])} weights at "
-        f"{b['bits_per_weight']:.2f} bits each (scales included; float32 is 32), "
-        f"{b['bit_mac_share']:.2%} of MACs are bit operations "
-        f"({_fmt_count(b['bit_macs'])} of {_fmt_count(b['macs'])})"
-    )
-    if size_bytes:
-        out.print(
-            f"  size: bundle {size_bytes / 1e6:.1f} MB against {b['float_bytes'] / 1e6:.1f} MB "
-            f"for the float32 model ({b['float_bytes'] / size_bytes:.1f}x smaller)"
-        )
-
-
-def _print_inspect(info: dict[str, Any]) -> None:
-    head = info.get("bundle", info.get("source"))
-    out.print(f"[bold]{head}[/]")
-    if "bundle" in info:
-        out.print(
-            f"  target {info['target']} ({info['backend']}), edgec {info['edgec_version']}, "
-            f"format {info['format_version']}, {info['size_bytes'] / 1e6:.1f} MB"
-        )
-        out.print(f"  source {info['source'].get('name')} ({info['source'].get('kind')})")
-        opts = info["backend_options"]
-        if "triple" in opts:
-            t = opts["target"]
-            out.print(
-                f"  TVM {opts['tvm_version']}: {opts['triple']}, cpu {t['mcpu']}"
-                + (f", {' '.join(t['mattr'])}" if t.get("mattr") else "")
-                + f", {t['num-cores']} cores"
-            )
-            out.print("  " + _describe_tuning(opts["tuning"]))
-        if info["selection"]:
-            _print_selection(info["selection"], detailed=False)
-    for role in ("inputs", "outputs"):
-        for t in info[role]:
-            out.print(f"  {role[:-1]:6} {t['name']}: {t['dtype']} {tuple(t['shape'])}")
-    stats = info["stats"]
-    macs = _fmt_count(stats["macs"]) + ("" if stats["macs_complete"] else " (some shapes unknown)")
-    out.print(
-        f"  {stats['nodes']} nodes, {_fmt_count(stats['parameters'])} parameters "
-        f"({stats['parameters']:,}), {macs} MACs"
-    )
-    binary = info.get("stats_binary")
-    if binary:
-        _print_binary(binary, info.get("size_bytes"))
-    ops = Table(title="ops")
-    ops.add_column("op")
-    ops.add_column("count", justify="right")
-    for op, n in stats["ops"].items():
-        ops.add_row(op, str(n))
-    out.print(ops)
-    if info.get("passes"):
-        _print_pass_report(info["passes"])
 
 
 @cli.command()
@@ -748,14 +495,9 @@ def targets(as_json: bool) -> None:
         for t in list_targets()
     ]
     if as_json:
-        _json(rows)
+        render.print_json(rows)
         return
-    table = Table(title="targets")
-    for col in ("target", "back end", "pipeline", "description"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"], r["backend"], ", ".join(r["pipeline"]), r["description"])
-    out.print(table)
+    render.targets_table(rows)
 
 
 @cli.command()
@@ -781,19 +523,9 @@ def models(as_json: bool) -> None:
             }
         )
     if as_json:
-        _json(rows)
+        render.print_json(rows)
         return
-    table = Table(title="built-in models (training form)")
-    for col in ("model", "family", "parameters", "MACs", "input"):
-        table.add_column(col, justify="right" if col in ("parameters", "MACs") else "left")
-    for r in rows:
-        shape = ", ".join(
-            f"{k}={'x'.join(map(str, v['shape']))}"
-            + ("" if v["dtype"] == "float32" else f":{v['dtype']}")
-            for k, v in r["inputs"].items()
-        )
-        table.add_row(r["name"], r["family"], f"{r['parameters']:,}", _fmt_count(r["macs"]), shape)
-    out.print(table)
+    render.models_table(rows)
 
 
 @cli.command()
@@ -817,9 +549,9 @@ def package(bundle: Path, embed: Path, build: bool) -> None:
     from edgec.runtime.package import package_embed
 
     folder = package_embed(Bundle.open(bundle), embed, build=build)
-    out.print(f"[bold green]packaged[/] {bundle} -> {folder}")
+    render.out.print(f"[bold green]packaged[/] {bundle} -> {folder}")
     how = "mkdir -p out && ./run_bundle model.so io.txt inputs out" if build else "./build.sh"
-    out.print(f"  next: cd {folder} && {how}")
+    render.out.print(f"  next: cd {folder} && {how}")
 
 
 @cli.group()
@@ -847,10 +579,10 @@ def emulate(arch: str, port: int, prepare_only: bool) -> None:
     """
     from edgec.runtime import emulator
 
-    with err.status("preparing the emulated arm64 device", spinner="dots") as status:
+    with render.err.status("preparing the emulated arm64 device", spinner="dots") as status:
         sysroot = emulator.prepare(report=lambda s: status.update(s))
     if prepare_only:
-        out.print(f"arm64 sysroot ready: {sysroot}")
+        render.out.print(f"arm64 sysroot ready: {sysroot}")
         return
 
     def on_term(_signum: int, _frame: object) -> None:
@@ -859,12 +591,14 @@ def emulate(arch: str, port: int, prepare_only: bool) -> None:
     signal.signal(signal.SIGTERM, on_term)
     try:
         with emulator.emulate(port) as (host, bound):
-            out.print(f"edgec device: emulated {arch} serving on {host}:{bound} (Ctrl-C stops)")
+            render.out.print(
+                f"edgec device: emulated {arch} serving on {host}:{bound} (Ctrl-C stops)"
+            )
             sys.stdout.flush()
             while True:
                 signal.pause()
     except KeyboardInterrupt:
-        out.print("edgec device: stopped")
+        render.out.print("edgec device: stopped")
 
 
 @device.command()
@@ -908,10 +642,10 @@ def _run(argv: list[str] | None) -> int:
         e.show()
         return e.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort):
-        err.print("interrupted: nothing was written")
+        render.err.print("interrupted: nothing was written")
         return 130
     except Terminated:
-        err.print("terminated: nothing was written")
+        render.err.print("terminated: nothing was written")
         return 143
     except EdgecError as e:
         click.echo(f"error: {e}", err=True)
