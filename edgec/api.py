@@ -16,30 +16,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgec import teacher_forcing
-from edgec.core.errors import OptionError, UnsupportedOpError, VerificationError
+from edgec.core.errors import OptionError, UnsupportedOpError
 from edgec.runtime.bundle import Bundle, Manifest, finalize_manifest, save_reference
-from edgec.runtime.compare import default_tolerance, rel_error
+from edgec.runtime.bundle_check import BundleCheckError, accepted_tolerance, allowed, check_bundle
+from edgec.runtime.compare import default_tolerance
+from edgec.runtime.measure_and_pick import pick_fastest
 from edgec.runtime.session import Session
 from edgec.runtime.session import load as _load
 from edgec.runtime.staging import check_destination, staged_bundle
 
-__all__ = ["BundleCheckError", "compile", "default_output", "load"]
+__all__ = ["BundleCheckError", "compile", "default_output", "explain", "load"]
 
 log = logging.getLogger("edgec")
-
-NOISE_MARGIN = 2.0  # a bundle within twice onnxruntime's own optimization noise passes
-# Noise past this is not rounding: onnxruntime's optimizations then change the model's
-# discrete decisions (binarized or thresholded models) and are no floor for edgec's error.
-NOISE_CAP = 1e-2
-
-
-class BundleCheckError(VerificationError):
-    """The finished bundle disagrees with the reference: a compiler fault, exit code 1."""
-
-    exit_code = 1
 
 
 def default_output(source: Any, target: str) -> Path:
@@ -104,9 +93,10 @@ def compile(
       lists every rewrite that fired and every candidate left alone, with its nodes and why.
     """
     from edgec import frontend
-    from edgec.core.graph_stats import binary_summary, graph_stats
+    from edgec.core.graph_stats import graph_stats
     from edgec.core.irutil import output_specs
     from edgec.passes import PassManager, get_pipeline
+    from edgec.passes.binarize_layers import binarize_step
     from edgec.passes.cleanup import InferShapes
     from edgec.passes.pipelines import check_explain
     from edgec.targets import CompileOptions
@@ -154,8 +144,12 @@ def compile(
     binarization = None
     if binarize:
         step(f"binarizing the layers matching '{binarize}'")
-        binarization = _binarize_layers(prepared, binarize)
-        reports.append(binarization.pop("report"))
+        report, binarized_outputs, binarization = binarize_step(
+            prepared.model, prepared.inputs, prepared.outputs, binarize
+        )
+        reports.append(report)
+        prepared.outputs = binarized_outputs  # the binarized model is the reference now
+        prepared.intermediates = None  # torch's values are the float model's, not the reference
     stats_after = graph_stats(prepared.model)
     for r in reports:
         log.debug(
@@ -169,13 +163,11 @@ def compile(
 
     options = CompileOptions(
         threads=threads,
-        extra={
-            "mcpu": mcpu,
-            "tune": tune,
-            "tune_time": tune_time,
-            "device": device,
-            "on_progress": on_step,
-        },
+        mcpu=mcpu,
+        tune=tune,
+        tune_time=tune_time,
+        device=device,
+        on_progress=on_step,
     )
     with staged_bundle(out) as stage:
         built: list[_Built] = []
@@ -213,44 +205,32 @@ def compile(
         selection: dict[str, Any] = {}
         if len(candidates) > 1:
             step("timing the back ends on this host")
-            chosen, selection = _pick_fastest(built, prepared.inputs, threads, failures)
+            best, selection = pick_fastest(
+                [Bundle(b.folder, b.manifest) for b in built],
+                [b.error for b in built],
+                prepared.inputs,
+                threads,
+                failures,
+            )
+            chosen = built[best]
             for name in chosen.manifest.artifacts.values():
                 os.replace(chosen.folder / name, stage / name)
             for b in built:
                 shutil.rmtree(b.folder, ignore_errors=True)
         manifest = chosen.manifest
-        manifest.target = target
         save_reference(stage, prepared.inputs, chosen.own_outputs or prepared.outputs)
-        manifest.reference = {
-            "file": "reference.npz",
-            "against": prepared.source.get("reference", ""),
-            "tolerance": accepted_tolerance(tolerance, prepared.noise),
-            "requested_tolerance": tolerance,
-            "noise_floor": max(prepared.noise.values(), default=None),
-            "max_rel_error": chosen.error,
-        }
-        if chosen.note:
-            manifest.reference["note"] = chosen.note
-        if chosen.own_outputs is not None:
-            manifest.reference["against"] = (
-                "this bundle's own output, accepted by a teacher-forced check against "
-                f"{manifest.reference['against']}"
-            )
-        if binarization is not None:
-            manifest.reference["against"] = (
-                "the binarized model in onnxruntime (ai.edgec function bodies); "
-                f"the float model's reference: {manifest.reference['against']}"
-            )
-            manifest.reference["binarization"] = binarization
-        manifest.source = prepared.source
-        manifest.passes = [r.to_json() for r in reports]
-        manifest.stats = {"before": vars(stats_before), "after": vars(stats_after)}
-        summary = binary_summary(prepared.model, stats_after.macs)
-        if summary.layers or summary.bit_macs:
-            # the float model: every parameter of the source in float32
-            manifest.stats["binary"] = {**vars(summary), "float_bytes": 4 * stats_before.parameters}
-        manifest.compile = timings
-        manifest.selection = selection
+        _describe(
+            manifest,
+            target=target,
+            chosen=chosen,
+            prepared=prepared,
+            tolerance=tolerance,
+            binarization=binarization,
+            reports=reports,
+            stats=(stats_before, stats_after),
+            timings=timings,
+            selection=selection,
+        )
         finalize_manifest(stage, manifest)
     if chosen.error is None:
         log.info("wrote %s (not run here: %s)", out, chosen.note)
@@ -302,49 +282,56 @@ def _upstream_fault(e: BaseException) -> bool:
     return module.split(".")[0] in _UPSTREAM or any(f"/{u}/" in filename for u in _UPSTREAM)
 
 
-def _binarize_layers(prepared: Any, pattern: str) -> dict[str, Any]:
-    """Run `binarize_layers`; the binarized model's outputs become the reference."""
-    import re
+def _describe(
+    manifest: Manifest,
+    *,
+    target: str,
+    chosen: _Built,
+    prepared: Any,
+    tolerance: float,
+    binarization: dict[str, Any] | None,
+    reports: list[Any],
+    stats: tuple[Any, Any],
+    timings: dict[str, float],
+    selection: dict[str, Any],
+) -> None:
+    """Fill in what the manifest says of the bundle beyond its artifacts: the reference it was
+    checked against and how, the source, the pass reports, graph statistics, timings and the
+    back-end selection."""
+    from edgec.core.graph_stats import binary_summary
 
-    from edgec.core.binary_ops import MIN_OPSET, supports_functions
-    from edgec.core.irutil import run_onnx
-    from edgec.passes import PassManager
-    from edgec.passes._ir import layer_name
-    from edgec.passes.binarize_layers import BinarizeLayers
-    from edgec.passes.cleanup import InferShapes
-
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        raise OptionError(f"--binarize '{pattern}' is not a regular expression: {e}") from None
-    opset = prepared.model.opset_imports.get("", 1)
-    if not supports_functions(prepared.model):
-        raise OptionError(
-            f"--binarize needs a model of opset {MIN_OPSET} or later (this one is {opset}): "
-            "the binary ops' ONNX bodies use ops of that version"
-        )
-    binarizer = BinarizeLayers(pattern, prepared.inputs)
-    reports = PassManager([binarizer, InferShapes()]).run(prepared.model)
-    if not binarizer.rewrites:
-        names = sorted(
-            {layer_name(n) for n in prepared.model.graph if n.op_type in ("MatMul", "Gemm", "Conv")}
-        )
-        raise OptionError(
-            f"--binarize '{pattern}' matches no Linear or 1x1 Conv layer with constant weights; "
-            f"layer names are like: {', '.join(names[:6]) or '(none)'}"
-        )
-    float_outputs = prepared.outputs
-    prepared.outputs = run_onnx(prepared.model, prepared.inputs)
-    prepared.intermediates = None  # torch's values are the float model's, not the reference
-    errors = {k: rel_error(prepared.outputs[k], v) for k, v in float_outputs.items()}
-    for layer in binarizer.layers:
-        log.info("binarized %s: output error %.2e", layer.name, layer.max_rel_error)
-    return {
-        "pattern": pattern,
-        "layers": [layer.to_json() for layer in binarizer.layers],
-        "output_error_vs_float": max(errors.values(), default=0.0),
-        "report": reports[0],
+    before, after = stats
+    manifest.target = target
+    manifest.reference = {
+        "file": "reference.npz",
+        "against": prepared.source.get("reference", ""),
+        "tolerance": accepted_tolerance(tolerance, prepared.noise),
+        "requested_tolerance": tolerance,
+        "noise_floor": max(prepared.noise.values(), default=None),
+        "max_rel_error": chosen.error,
     }
+    if chosen.note:
+        manifest.reference["note"] = chosen.note
+    if chosen.own_outputs is not None:
+        manifest.reference["against"] = (
+            "this bundle's own output, accepted by a teacher-forced check against "
+            f"{manifest.reference['against']}"
+        )
+    if binarization is not None:
+        manifest.reference["against"] = (
+            "the binarized model in onnxruntime (ai.edgec function bodies); "
+            f"the float model's reference: {manifest.reference['against']}"
+        )
+        manifest.reference["binarization"] = binarization
+    manifest.source = prepared.source
+    manifest.passes = [r.to_json() for r in reports]
+    manifest.stats = {"before": vars(before), "after": vars(after)}
+    summary = binary_summary(prepared.model, after.macs)
+    if summary.layers or summary.bit_macs:
+        # the float model: every parameter of the source in float32
+        manifest.stats["binary"] = {**vars(summary), "float_bytes": 4 * before.parameters}
+    manifest.compile = timings
+    manifest.selection = selection
 
 
 def _candidates(target: str, backend: str) -> list[Any]:
@@ -433,12 +420,20 @@ def _build(
         return _Built(folder, manifest, None, note)
     preferred = dict(manifest.backend_options)
     try:
-        error, note = _check_bundle(bundle, prepared, tolerance, threads, artifacts.fallbacks)
+        error, note = check_bundle(
+            bundle,
+            prepared.inputs,
+            prepared.outputs,
+            prepared.noise,
+            tolerance,
+            threads,
+            artifacts.fallbacks,
+        )
     except BundleCheckError as e:
         if prepared.intermediates is None or not teacher_forcing.has_binary_ops(prepared.model):
             raise
         log.info("%s; checking the binarized layers with teacher forcing", e)
-        untuned = replace(options, extra={**options.extra, "tune": 0, "tune_time": None})
+        untuned = replace(options, tune=0, tune_time=None)
         report, kept = teacher_forcing.check(
             prepared.model,
             teacher_forcing.build_like(
@@ -447,7 +442,7 @@ def _build(
             prepared.inputs,
             prepared.outputs,
             prepared.intermediates,
-            _allowed(tolerance, prepared),
+            allowed(tolerance, prepared.noise, prepared.outputs),
             threads,
             [preferred, *artifacts.fallbacks],
         )
@@ -459,147 +454,6 @@ def _build(
         log.warning("%s", note)
         return _Built(folder, manifest, report.max_error, note, own)
     return _Built(folder, manifest, error, note)
-
-
-def _pick_fastest(
-    built: list[_Built],
-    inputs: dict[str, np.ndarray],
-    threads: int,
-    failures: dict[str, str],
-    budget_s: float = 10.0,
-) -> tuple[_Built, dict[str, Any]]:
-    """Time every checked candidate on the reference input, interleaved, and keep the fastest.
-
-    Rounds alternate between back ends so that noise hits both alike; timing stops after
-    `budget_s` once every candidate has 3 runs, or early when one is 3x slower than another.
-    """
-    sessions = [Session(Bundle(b.folder, b.manifest), threads) for b in built]
-    for s in sessions:  # warm-up: first-run allocation and JIT-like setup
-        s.run(inputs)
-    times: list[list[float]] = [[] for _ in built]
-    start = time.perf_counter()
-    for rounds in range(1, 26):
-        for s, t in zip(sessions, times, strict=True):
-            t0 = time.perf_counter()
-            s.run(inputs)
-            t.append(time.perf_counter() - t0)
-        medians = [float(np.median(t)) for t in times]
-        if rounds >= 3 and (
-            time.perf_counter() - start > budget_s or max(medians) > 3 * min(medians)
-        ):
-            break
-    medians = [float(np.median(t)) for t in times]
-    best = int(np.argmin(medians))
-    selection: dict[str, Any] = {
-        "rule": "fastest on this host among the back ends within tolerance",
-        "chosen": built[best].manifest.backend,
-        "threads": threads,
-        "candidates": {
-            b.manifest.backend: {
-                "p50_ms": round(m * 1e3, 3),
-                "runs": len(t),
-                "max_rel_error": b.error,
-                **(
-                    {"tuning": b.manifest.backend_options["tuning"]}
-                    if "tuning" in b.manifest.backend_options
-                    else {}
-                ),
-            }
-            for b, m, t in zip(built, medians, times, strict=True)
-        },
-    }
-    for name, why in failures.items():
-        selection["candidates"][name] = {"failed": why}
-    log.info(
-        "measure-and-pick: %s",
-        ", ".join(
-            f"{b.manifest.backend} {m * 1e3:.2f} ms" for b, m in zip(built, medians, strict=True)
-        ),
-    )
-    return built[best], selection
-
-
-def _bundle_errors(
-    bundle: Bundle, inputs: dict[str, np.ndarray], expected: dict[str, np.ndarray], threads: int
-) -> dict[str, float]:
-    session = Session(bundle, threads)  # a Session checks no checksums: none exist yet
-    got = session.run(inputs)
-    return {k: rel_error(got[k], v) for k, v in expected.items()}
-
-
-def accepted_tolerance(tolerance: float, noise: dict[str, float]) -> float:
-    """The error a bundle may have: the tolerance, or twice the noise onnxruntime's own graph
-    optimizations make on the unmodified model, whichever is larger (noise above NOISE_CAP
-    does not count)."""
-    floors = [NOISE_MARGIN * n for n in noise.values() if n <= NOISE_CAP]
-    return max([tolerance, *floors])
-
-
-def _allowed(tolerance: float, prepared: Any) -> dict[str, float]:
-    """Per output: the tolerance, or twice its noise floor."""
-    noise = prepared.noise
-    return {
-        k: accepted_tolerance(tolerance, {k: noise[k]} if k in noise else {})
-        for k in prepared.outputs
-    }
-
-
-def _check_bundle(
-    bundle: Bundle,
-    prepared: Any,
-    tolerance: float,
-    threads: int,
-    fallbacks: list[dict[str, Any]],
-) -> tuple[float, str]:
-    """Run the staged bundle as the runtime will and compare with the reference.
-
-    An output passes within the tolerance, or within NOISE_MARGIN times the error that
-    onnxruntime's own optimizations make on the unmodified model (the noise floor: error
-    edgec cannot tell from its own), with a note saying so. If the bundle fails with the
-    target's preferred back-end options, the target's fallbacks are tried in order; the first
-    that passes is kept in the manifest, with a note saying why.
-    Returns (max relative error, note).
-    """
-    inputs, expected, noise = prepared.inputs, prepared.outputs, prepared.noise
-    allowed = _allowed(tolerance, prepared)
-
-    def failing(errors: dict[str, float]) -> list[str]:
-        return [k for k, e in errors.items() if not e <= allowed[k]]
-
-    def noise_note(errors: dict[str, float]) -> str:
-        within = [k for k, e in errors.items() if tolerance < e <= allowed[k]]
-        if not within:
-            return ""
-        k = max(within, key=lambda n: errors[n])
-        return (
-            f"output '{k}' differs from the reference by {errors[k]:.2e}, more than the "
-            f"tolerance {tolerance:.0e} but within the noise floor: onnxruntime's own graph "
-            f"optimizations move the unmodified model's output by {noise[k]:.2e}"
-        )
-
-    m = bundle.manifest
-    preferred = dict(m.backend_options)
-    first = _bundle_errors(bundle, inputs, expected, threads)
-    first_max = max(first.values(), default=0.0)
-    if not failing(first):
-        return first_max, noise_note(first)
-    for options in fallbacks:
-        m.backend_options = dict(options)
-        errors = _bundle_errors(bundle, inputs, expected, threads)
-        if not failing(errors):
-            note = (
-                f"with {preferred} the bundle differed from the reference by {first_max:.2e}; "
-                f"{options} keeps it within tolerance"
-            )
-            log.warning(note)
-            return max(errors.values(), default=0.0), note
-    m.backend_options = preferred
-    worst = max(failing(first), key=lambda k: first[k])
-    floor = f"; noise floor {noise[worst]:.2e}" if worst in noise else ""
-    raise BundleCheckError(
-        f"the compiled bundle's output '{worst}' differs from the reference: max relative "
-        f"error {first[worst]:.2e} > tolerance {tolerance:.0e}{floor}"
-    )
 
 
 def load(path: str | os.PathLike[str], threads: int = 0) -> Session:

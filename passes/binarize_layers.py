@@ -19,16 +19,32 @@ weights that are not constant.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgec.core.binary_ops import binary_dot, code_bits, insert_binary_linear, pack_bits
+from edgec.core.binary_ops import (
+    MIN_OPSET,
+    binary_dot,
+    code_bits,
+    insert_binary_linear,
+    pack_bits,
+    supports_functions,
+)
+from edgec.core.errors import OptionError
+from edgec.core.irutil import run_onnx
 from edgec.passes._ir import bypass, dense_params, is_op, layer_name, live_nodes, weight_bias
 from edgec.passes.base import EdgecPass
+from edgec.passes.cleanup import InferShapes
+from edgec.passes.manager import PassManager, PassReport
+from edgec.runtime.compare import rel_error
+
+log = logging.getLogger("edgec")
 
 
 @dataclass
@@ -168,3 +184,41 @@ class BinarizeLayers(EdgecPass):
         graph.insert_before(before, node)
         node.outputs[0].dtype = ir.DataType.FLOAT
         return node.outputs[0]
+
+
+def binarize_step(
+    model: ir.Model, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], pattern: str
+) -> tuple[PassReport, dict[str, np.ndarray], dict[str, Any]]:
+    """`--binarize PATTERN` after the pipeline: binarize the matching layers of `model` in place
+    (calibrated on `inputs`). Returns the pass report, the binarized model's outputs (the
+    reference the bundle is checked against from here on) and the manifest's `binarization`
+    record (each layer's error, the whole model's error against the float `outputs`)."""
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise OptionError(f"--binarize '{pattern}' is not a regular expression: {e}") from None
+    if not supports_functions(model):
+        opset = model.opset_imports.get("", 1)
+        raise OptionError(
+            f"--binarize needs a model of opset {MIN_OPSET} or later (this one is {opset}): "
+            "the binary ops' ONNX bodies use ops of that version"
+        )
+    binarizer = BinarizeLayers(pattern, inputs)
+    reports = PassManager([binarizer, InferShapes()]).run(model)
+    if not binarizer.rewrites:
+        linear = ("MatMul", "Gemm", "Conv")
+        names = sorted({layer_name(n) for n in model.graph if n.op_type in linear})
+        raise OptionError(
+            f"--binarize '{pattern}' matches no Linear or 1x1 Conv layer with constant weights; "
+            f"layer names are like: {', '.join(names[:6]) or '(none)'}"
+        )
+    binarized = run_onnx(model, inputs)
+    errors = {k: rel_error(binarized[k], v) for k, v in outputs.items()}
+    for layer in binarizer.layers:
+        log.info("binarized %s: output error %.2e", layer.name, layer.max_rel_error)
+    record = {
+        "pattern": pattern,
+        "layers": [layer.to_json() for layer in binarizer.layers],
+        "output_error_vs_float": max(errors.values(), default=0.0),
+    }
+    return reports[0], binarized, record

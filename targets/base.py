@@ -1,12 +1,15 @@
 """The target interface: every target compiles the IR after its pipeline into artifacts.
 
 The driver (`edgec.api.compile`) owns what all targets share: the frontend, the pipeline,
-the reference pair, the numerical check of the finished bundle, the manifest and the atomic
-rename. A target writes only its back end's artifacts into the staging folder it is given.
+the reference pair, the numerical check of the finished bundle (`runtime/bundle_check.py`),
+measure-and-pick (`runtime/measure_and_pick.py`), the manifest and the staged write
+(`runtime/staging.py`). A target writes only its back end's artifacts into the staging folder
+it is given, from the IR and its typed `CompileOptions`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,10 +17,16 @@ from typing import Any, Protocol
 import onnx_ir as ir
 
 
-@dataclass
+@dataclass(frozen=True)
 class CompileOptions:
-    threads: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    """What a target's compile may take from the user besides the IR."""
+
+    threads: int = 0  # threads the library is built, tuned and measured for (0: all cores)
+    mcpu: str | None = None  # TVM targets: the CPU (None: this host's, or arm64 "generic")
+    tune: int = 0  # TVM: MetaSchedule trials in all (0: apply the database only)
+    tune_time: float | None = None  # TVM: stop tuning after this many seconds
+    device: str | None = None  # HOST:PORT to tune a cross target on
+    on_progress: Callable[[str], None] | None = None  # a line per tuning step
 
 
 @dataclass

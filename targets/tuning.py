@@ -251,12 +251,12 @@ def schedule(
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    trials = int(options.extra.get("tune") or 0)
-    seconds = options.extra.get("tune_time")
+    trials = int(options.tune or 0)
+    seconds = options.tune_time
     if trials < 0 or (seconds is not None and seconds <= 0):
         raise OptionError("--tune and --tune-time must be positive")
-    report = options.extra.get("on_progress")
-    device = options.extra.get("device") if cross else None
+    report = options.on_progress
+    device = options.device if cross else None
     on_device = device is not None and bool(trials or seconds)
     # A cross target without a device to measure on reads its own records when an earlier
     # compile tuned on a device, else it reads (and tunes) the host's, matched by workload.

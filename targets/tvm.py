@@ -82,7 +82,7 @@ class TvmX86Target(TvmTarget):
     )
 
     def target_dict(self, options: CompileOptions) -> dict[str, Any]:
-        return host_target(options.extra.get("mcpu"), options.threads)
+        return host_target(options.mcpu, options.threads)
 
 
 class TvmArm64Target(TvmTarget):
@@ -94,7 +94,7 @@ class TvmArm64Target(TvmTarget):
     )
 
     def target_dict(self, options: CompileOptions) -> dict[str, Any]:
-        return arm64_target(options.extra.get("mcpu"), options.threads)
+        return arm64_target(options.mcpu, options.threads)
 
     def export_cc(self) -> str:
         if shutil.which(CROSS_CC) is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgec.api import NOISE_CAP, accepted_tolerance
+from edgec.runtime.bundle_check import NOISE_CAP, accepted_tolerance
 from edgec.runtime.compare import default_tolerance, rel_error
 
 
@@ -41,8 +41,8 @@ def test_noise_floor_widens_the_tolerance_up_to_its_cap() -> None:
 
 def test_bundle_within_the_noise_floor_passes_and_one_beyond_fails(onnx_file, tmp_path) -> None:
     import edgec
-    from edgec.api import BundleCheckError, _check_bundle
     from edgec.frontend import prepare
+    from edgec.runtime.bundle_check import BundleCheckError, check_bundle
 
     bundle = edgec.compile(onnx_file, output=tmp_path / "b", backend="onnxruntime")
     prepared = prepare(onnx_file)
@@ -50,8 +50,10 @@ def test_bundle_within_the_noise_floor_passes_and_one_beyond_fails(onnx_file, tm
     scale = float(np.abs(y).max())
     prepared.noise = {"y": 1e-3}  # as if onnxruntime's optimizations moved it this much
     prepared.outputs = {"y": y + np.float32(1.5e-3 * scale)}
-    error, note = _check_bundle(bundle, prepared, 1e-4, 1, [])
+    error, note = check_bundle(
+        bundle, prepared.inputs, prepared.outputs, prepared.noise, 1e-4, 1, []
+    )
     assert error == pytest.approx(1.5e-3, rel=1e-2) and "noise floor" in note
     prepared.outputs = {"y": y + np.float32(2.5e-3 * scale)}
     with pytest.raises(BundleCheckError, match=r"noise floor 1\.00e-03"):
-        _check_bundle(bundle, prepared, 1e-4, 1, [])
+        check_bundle(bundle, prepared.inputs, prepared.outputs, prepared.noise, 1e-4, 1, [])

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import edgec
-from edgec.api import BundleCheckError
 from edgec.runtime import Bundle, load
+from edgec.runtime.bundle_check import BundleCheckError
 from edgec.targets.onnxruntime import OnnxruntimeTarget
 
 pytestmark = pytest.mark.slow  # binary models through onnxruntime's fallbacks
