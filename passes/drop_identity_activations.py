@@ -38,17 +38,27 @@ def _same_shape(node: ir.Node) -> bool:
 
 def identity_input(node: ir.Node) -> ir.Value | None:
     """The input `node` passes through unchanged, if it is an identity."""
+    found = _identity_or_why(node)
+    return found if isinstance(found, ir.Value) else None
+
+
+def _identity_or_why(node: ir.Node) -> ir.Value | str | None:
+    """The input `node` passes through; or why a node of an identity-capable kind is not one
+    (a string, for --explain); or None for a node no rule here looks at."""
     x = node.inputs[0] if node.inputs else None
     if x is None:
         return None
     op = node.op_type
     if is_op(node, "LeakyRelu"):
-        return x if node.attributes.get_float("alpha", 0.01) == 1.0 else None
+        alpha = node.attributes.get_float("alpha", 0.01)
+        return x if alpha == 1.0 else f"alpha {alpha:g}, not 1: not the identity"
     if is_op(node, "Identity"):
         return x
     if is_op(node, "Dropout"):
         training = const(node.inputs[2]) if len(node.inputs) > 2 else None
-        return x if training is None or not bool(training) else None
+        if training is None or not bool(training):
+            return x
+        return "Dropout in training mode"
     if is_op(node, *_NEUTRAL):
         c = const(node.inputs[1])
         if c is None and op in ("Mul", "Add"):  # commutative: the constant may come first
@@ -57,8 +67,8 @@ def identity_input(node: ir.Node) -> ir.Value | None:
             return None
         out, xs = _static(node.outputs[0]), _static(x)
         if out is not None and xs is not None:
-            return x if out == xs else None
-        return x if c.ndim == 0 else None
+            return x if out == xs else f"the constant {_NEUTRAL[op]:g} broadcasts x to {out}"
+        return x if c.ndim == 0 else "the constant may broadcast x (shapes unknown)"
     if is_op(node, "Reshape", "Expand"):
         return x if _same_shape(node) else None
     if is_op(node, "Resize"):
@@ -74,12 +84,21 @@ def identity_input(node: ir.Node) -> ir.Value | None:
 
 
 class DropIdentityActivations(EdgecPass):
+    """Reports the near misses too: a LeakyRelu whose alpha is not 1 (VanillaNet before its
+    activations have finished learning), Dropout in training mode, x*1 that broadcasts."""
+
     name = "drop_identity_activations"
+    RULE = "identity"
 
     def rewrite(self, model: ir.Model) -> int:
         fired = 0
         for node in live_nodes(model):
-            x = identity_input(node)
-            if x is not None and bypass(node, x):
-                fired += 1
+            found = _identity_or_why(node)
+            if isinstance(found, str):
+                self.left_alone(self.RULE, [node], found)
+            elif found is not None:
+                if bypass(node, found):
+                    fired += self.fired(self.RULE, [node])
+                else:
+                    self.left_alone(self.RULE, [node], "its output is a graph output x cannot be")
         return fired

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgec.passes.drop_identity_activations import DropIdentityActivations
-from tests.passes.graphs import Graph, apply, check, ops
+from tests.passes.graphs import Graph, apply, check, explain, ops, reasons
 
 
 def _wrap(build) -> tuple[Graph, str]:
@@ -50,22 +50,30 @@ def test_resize_to_same_size() -> None:
     check(before, after)
 
 
+# the closest cases that are not the identity, and the reason --explain gives (None: an op
+# that is simply something else, no near miss)
 NOT_IDENTITY = {
-    "leaky_relu_alpha_0.1": lambda g, h: g.op("LeakyRelu", h, alpha=0.1),
-    "mul_two": lambda g, h: g.op("Mul", h, g.const(np.float32(2.0))),
-    "add_broadcasting_larger": lambda g, h: g.op(
-        "Add", h, g.const(np.zeros((5, 1, 1, 1), np.float32))
+    "leaky_relu_alpha_0.1": (
+        lambda g, h: g.op("LeakyRelu", h, alpha=0.1),
+        "alpha 0.1, not 1: not the identity",
     ),
-    "reshape_other": lambda g, h: g.op("Reshape", h, g.const(np.array([6, 4]))),
-    "transpose_real": lambda g, h: g.op("Transpose", h, perm=[0, 2, 1]),
+    "mul_two": (lambda g, h: g.op("Mul", h, g.const(np.float32(2.0))), None),
+    "add_broadcasting_larger": (
+        lambda g, h: g.op("Add", h, g.const(np.zeros((5, 1, 1, 1), np.float32))),
+        "the constant 0 broadcasts x to (5, 2, 3, 4)",
+    ),
+    "reshape_other": (lambda g, h: g.op("Reshape", h, g.const(np.array([6, 4]))), None),
+    "transpose_real": (lambda g, h: g.op("Transpose", h, perm=[0, 2, 1]), None),
 }
 
 
 @pytest.mark.parametrize("case", NOT_IDENTITY)
 def test_keeps(case: str) -> None:
-    g, y = _wrap(NOT_IDENTITY[case])
-    after, fired = apply(DropIdentityActivations(), g.model(y))
-    assert fired == 0 and len(ops(after)) == 3
+    build, reason = NOT_IDENTITY[case]
+    g, y = _wrap(build)
+    after, explained = explain(DropIdentityActivations(), g.model(y))
+    assert len(ops(after)) == 3
+    assert reasons(explained, "identity") == ([reason] if reason else [])
 
 
 def test_identity_onto_graph_output() -> None:
@@ -81,5 +89,6 @@ def test_identity_onto_graph_output() -> None:
 def test_identity_of_graph_input_to_output_stays() -> None:
     """An input cannot become an output without a node: the Identity must stay."""
     g = Graph((2, 3))
-    after, fired = apply(DropIdentityActivations(), g.model(g.op("Identity", "x")))
-    assert fired == 0 and ops(after) == ["Identity"]
+    after, explained = explain(DropIdentityActivations(), g.model(g.op("Identity", "x")))
+    assert ops(after) == ["Identity"]
+    assert reasons(explained, "identity") == ["its output is a graph output x cannot be"]
