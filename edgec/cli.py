@@ -7,6 +7,7 @@ Exit codes: 0 success; 2 a user error (one line naming the thing at fault, no tr
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 import threading
@@ -329,15 +330,37 @@ def run(bundle: Path, inputs: tuple[str, ...], output_dir: Path | None, threads:
     """Run a bundle on inputs from .npy/.npz files."""
     from edgec.runtime import load
 
+    if output_dir is not None:  # before the run: a bad folder is the user's mistake, exit 2
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OptionError(
+                f"cannot write to --output-dir '{output_dir}': {e.strerror}"
+            ) from None
     session = load(bundle, threads=threads)
     results = session.run(_read_inputs(inputs))
-    if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        for name, value in results.items():
-            np.save(output_dir / f"{name}.npy", value)
+    files = _output_files(output_dir, list(results)) if output_dir is not None else {}
     for name, value in results.items():
-        where = f" -> {output_dir / (name + '.npy')}" if output_dir is not None else ""
+        if name in files:
+            try:
+                np.save(files[name], value)
+            except OSError as e:
+                raise OptionError(f"cannot write '{files[name]}': {e.strerror}") from None
+        where = f" -> {files[name]}" if name in files else ""
         render.out.print(f"{name}: {value.dtype} {tuple(value.shape)}{where}")
+
+
+def _output_files(folder: Path, names: list[str]) -> dict[str, Path]:
+    """FOLDER/NAME.npy per output, NAME made a plain file name (an output name comes from the
+    bundle, which may have been edited: '../x' must not write outside FOLDER)."""
+    files = {}
+    for name in names:
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "output"
+        path = folder / f"{stem}.npy"
+        while path in files.values():
+            path = path.with_name(f"{path.stem}_.npy")
+        files[name] = path
+    return files
 
 
 @cli.command()

@@ -422,3 +422,36 @@ def test_a_pickle_as_reference_is_never_loaded(tiny_bundle: Path, tmp_path: Path
     rehash(b, REFERENCE)
     with pytest.raises(BundleError, match="is not an npz archive"):
         Bundle.open(b)
+
+
+def test_an_unusable_output_dir_exits_2_before_running(
+    cli, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "afile").write_text("not a folder")
+    r = cli(
+        "run",
+        tiny_bundle,
+        "--input",
+        f"x={tmp_path / 'x.npy'}",
+        "--output-dir",
+        tmp_path / "afile" / "sub",
+    )
+    assert r.code == 2 and "cannot write to --output-dir" in one_line(r.err)
+
+
+def test_an_edited_output_name_cannot_write_outside_the_output_dir(
+    cli, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """An output named '../escaped' (manifest and reference edited alike, checksum forged)
+    is written as a plain file inside --output-dir."""
+    b = copy(tiny_bundle, tmp_path)
+    edit_manifest(b, lambda raw: raw["outputs"][0].__setitem__("name", "../escaped"))
+    _save(b / REFERENCE, {"input/x": x, "output/../escaped": y})
+    rehash(b, REFERENCE)
+    np.save(tmp_path / "x.npy", x)
+    preds = tmp_path / "preds" / "inner"
+    r = cli("run", b, "--input", f"x={tmp_path / 'x.npy'}", "--output-dir", preds)
+    assert r.code == 0, r.err
+    assert [p.name for p in preds.iterdir()] == ["_escaped.npy"]
+    assert not (tmp_path / "preds" / "escaped.npy").exists()
