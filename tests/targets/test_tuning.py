@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +41,13 @@ def test_tuning_runs_trials_and_a_second_compile_reuses_the_database(
     expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     assert rel_error(Session(bundle).run({"x": x})["y"], expected) < 1e-4
 
-    start = time.perf_counter()
+    # the second compile finds every task in the database: it runs no trial (no wall time is
+    # asserted; the trial count is what shows the reuse)
     again = edgec.compile(path, output=tmp_path / "b2", tune=6, **kwargs)
-    seconds = time.perf_counter() - start
     t2 = again.manifest.backend_options["tuning"]
     assert t2["tasks_from_database"] == t2["tasks"] == t["tasks"]
     assert t2["trials_run"] == 0 and t2["tuned"]
-    assert seconds < 30, f"a recompile from the database took {seconds:.0f} s"
-    assert rel_error(again.load().run({"x": x})["y"], expected) < 1e-4
+    assert rel_error(Session(again).run({"x": x})["y"], expected) < 1e-4
 
 
 def test_database_key_separates_targets() -> None:
