@@ -435,7 +435,8 @@ def inspect(
     """
     from edgec.runtime.bundle import MANIFEST, Bundle
 
-    if explain is not None and not (Path(what) / MANIFEST).is_file():
+    is_bundle = (Path(what) / MANIFEST).is_file()
+    if explain is not None and not is_bundle:
         from edgec.api import explain as explain_source
 
         reports = explain_source(
@@ -447,14 +448,14 @@ def inspect(
         else:
             render.print_explain(passes)
         return
-    if explain is not None and not any("explained" in p for p in Bundle.open(what).manifest.passes):
-        raise OptionError(
-            f"bundle '{what}' was compiled without --explain: inspect its source with "
-            "--explain, or compile it with --explain"
-        )
-    if (Path(what) / MANIFEST).is_file():
+    if is_bundle:
         bundle = Bundle.open(what)
         m = bundle.manifest
+        if explain is not None and not any("explained" in p for p in m.passes):
+            raise OptionError(
+                f"bundle '{what}' was compiled without --explain: inspect its source with "
+                "--explain, or compile it with --explain"
+            )
         size = sum((bundle.path / f).stat().st_size for f in m.files)
         info = {
             "bundle": str(bundle.path),

@@ -222,11 +222,18 @@ class MergeParallelBranches(EdgecPass):
         for node in reversed(list(model.graph)):  # the root of a sum tree comes last
             if node.graph is None or not is_op(node, "Add"):
                 continue
-            involved = [node, *_tree_nodes(node)]
-            involved += [p for v in _leaves(node) or [] if (p := v.producer()) is not None]
+            involved = _involved(node) if self.explain else []  # (gone once merged)
             result = _merge(node)
             if result is True:
-                fired += self.fired(self.RULE, involved)
+                fired += 1
+                if self.explain:
+                    self.fired(self.RULE, involved)
             elif len(involved) > 1:  # a bare Add of inputs is no candidate
                 self.left_alone(self.RULE, involved, str(result))
         return fired
+
+
+def _involved(add: ir.Node) -> list[ir.Node]:
+    """The sum tree under `add` and the producers of its terms: what --explain names."""
+    producers = [p for v in _leaves(add) or [] if (p := v.producer()) is not None]
+    return [add, *_tree_nodes(add), *producers]
