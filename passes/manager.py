@@ -1,4 +1,5 @@
-"""Runs a pipeline over the IR, reports every pass, and with `verify` proves each one.
+"""Runs a pipeline over the IR on onnx_ir's pass infrastructure, reports every pass, and
+with `verify` proves each one.
 
 With verify on, onnxruntime runs the graph before the first pass and after every pass on
 the same inputs; a pass whose outputs differ from the graph before it by more than the
@@ -13,6 +14,7 @@ reason (`edgec compile --explain`).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,9 +23,9 @@ import onnx
 import onnx_ir as ir
 
 from edgec.core.errors import VerificationError
-from edgec.core.graph_stats import graph_stats
+from edgec.core.graph_stats import GraphStats, graph_stats
 from edgec.core.irutil import run_onnx
-from edgec.passes.base import EdgecPass, FixedPoint, Step
+from edgec.passes.base import EdgecPass, Step, leaves
 from edgec.runtime.compare import rel_error
 
 DEFAULT_TOLERANCE = 1e-4  # float32
@@ -58,9 +60,14 @@ class PassReport:
 
 
 class PassManager:
+    """edgec's wrapper around onnx_ir's pass infrastructure: the steps run as an
+    `ir.passes.PassManager` (a `FixedPoint` is one, with rounds until nothing fires), and
+    this manager watches every pass run (`EdgecPass.monitor`) to report, verify and explain it.
+    """
+
     def __init__(
         self,
-        steps: list[Step],
+        steps: Sequence[Step],
         verify: bool = False,
         tolerance: float = DEFAULT_TOLERANCE,
         inputs: dict[str, np.ndarray] | None = None,
@@ -69,40 +76,46 @@ class PassManager:
         if verify and inputs is None:
             raise ValueError("verify needs inputs")
         self.explain = explain
-        self.steps = steps
+        self.steps = list(steps)
         self.verify = verify
         self.tolerance = tolerance
         self.inputs = inputs or {}
         self.reports: list[PassReport] = []
         self._outputs: dict[str, np.ndarray] = {}
+        self._rounds: dict[int, int] = {}
+        self._started: tuple[GraphStats, float] | None = None
 
     def run(self, model: ir.Model) -> list[PassReport]:
         self.reports = []
+        self._rounds = {}
         if self.verify:
             self._outputs = run_onnx(model, self.inputs)
-        for step in self.steps:
-            if isinstance(step, FixedPoint):
-                for round_ in range(1, step.max_rounds + 1):
-                    fired = sum(self._run_pass(p, model, round_) for p in step.passes)
-                    if not fired:
-                        break
-            else:
-                self._run_pass(step, model, 1)
+        if not self.steps:
+            return self.reports
+        for pass_ in leaves(self.steps):
+            pass_.monitor = self
+        try:
+            ir.passes.PassManager(self.steps, steps=1)(model)
+        except ir.passes.PassError as e:
+            raise _origin(e) from None
+        finally:
+            for pass_ in leaves(self.steps):
+                pass_.monitor = None
         return self.reports
 
-    def _explains(self, pass_: EdgecPass) -> bool:
-        return self.explain is True or self.explain == pass_.name
+    def before(self, pass_: EdgecPass, model: ir.Model) -> None:
+        pass_.explain = self.explain is True or self.explain == pass_.name
+        self._rounds[id(pass_)] = self._rounds.get(id(pass_), 0) + 1
+        self._started = graph_stats(model), time.perf_counter()
 
-    def _run_pass(self, pass_: EdgecPass, model: ir.Model, round_: int) -> int:
-        before = graph_stats(model)
-        pass_.explain = self._explains(pass_)
-        start = time.perf_counter()
-        pass_(model)
+    def after(self, pass_: EdgecPass, model: ir.Model) -> None:
+        assert self._started is not None
+        before, start = self._started
         seconds = time.perf_counter() - start
         after = graph_stats(model)
         report = PassReport(
             name=pass_.name,
-            round=round_,
+            round=self._rounds[id(pass_)],
             rewrites=pass_.rewrites,
             nodes_before=before.nodes,
             nodes_after=after.nodes,
@@ -119,7 +132,6 @@ class PassManager:
             report.max_rel_error = self._check(pass_.name, model)
         elif self.verify:
             report.max_rel_error = 0.0
-        return pass_.rewrites
 
     def _check(self, name: str, model: ir.Model) -> float:
         proto = ir.serde.serialize_model(model)
@@ -140,3 +152,10 @@ class PassManager:
             )
         self._outputs = outputs
         return max(errors.values(), default=0.0)
+
+
+def _origin(error: BaseException) -> BaseException:
+    """The exception a pass raised, out of the PassErrors onnx_ir wraps it in at every level."""
+    while isinstance(error, ir.passes.PassError) and error.__cause__ is not None:
+        error = error.__cause__
+    return error

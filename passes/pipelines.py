@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from edgec.core.errors import OptionError, TargetError
-from edgec.passes.base import FixedPoint, Step
+from edgec.passes.base import FixedPoint, Step, leaves
 from edgec.passes.binarize_embedding import BinarizeEmbedding
 from edgec.passes.binarize_linear import BinarizeLinear
 from edgec.passes.binarize_matmul import BinarizeMatmul
@@ -93,8 +93,7 @@ PIPELINES: dict[str, Callable[[], list[Step]]] = {"cpu": cpu, "none": none}
 
 def pass_names(steps: list[Step]) -> list[str]:
     """The names of the passes `steps` run, each once, in order."""
-    names = [p.name for s in steps for p in (s.passes if isinstance(s, FixedPoint) else [s])]
-    return list(dict.fromkeys(names))
+    return list(dict.fromkeys(p.name for p in leaves(steps)))
 
 
 def check_explain(pipeline: str, explain: bool | str) -> None:

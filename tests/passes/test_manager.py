@@ -153,3 +153,22 @@ def test_explain_lists_what_each_pass_saw() -> None:
 def test_verify_needs_inputs() -> None:
     with pytest.raises(ValueError, match="inputs"):
         PassManager([], verify=True)
+
+
+class Crash(EdgecPass):
+    """A pass with a bug of its own."""
+
+    name = "crash"
+
+    def rewrite(self, model: ir.Model) -> int:
+        raise KeyError("a bug")
+
+
+def test_runs_on_onnx_ir_pass_manager_and_raises_a_pass_bug_as_itself() -> None:
+    """A FixedPoint is onnx_ir's PassManager; onnx_ir's PassError wrapping is taken off, so a
+    pass's own bug reaches the caller as what it is (the CLI reports it as an internal error)."""
+    assert isinstance(FixedPoint("f", [FoldConstants()]), ir.passes.PassManager)
+    manager = PassManager([FixedPoint("f", [FoldConstants(), Crash()])])
+    with pytest.raises(KeyError, match="a bug"):
+        manager.run(small_model())
+    assert [r.name for r in manager.reports] == ["fold_constants"]
