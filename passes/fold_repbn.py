@@ -18,27 +18,25 @@ Linear+BN): its affine moves before the Reshape, along the last axis,
 
     BN1d(Reshape(y, (M, C))) = Reshape(s * y + t, (M, C))       (y's last axis has size C)
 
-Left alone: sums whose terms read different tensors or have other readers, affines that vary
-along more than one axis, and transposes that are not inverses of each other.
+The sum is an imperative walk (`repbn_sum`: a term is a chain of any length); the rest are
+rules: `bn_on_tokens`, `bn_after_reshape`, `cancel_transposes`. Left alone, with the reason
+(`edgec compile --explain`): sums whose terms read different tensors or have other readers,
+affines that vary along more than one axis, reshapes that move the channels, and transposes
+that are not inverses of each other.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx_ir as ir
+from onnxscript.rewriter._basics import MatchResult
 
-from edgec.passes._ir import (
-    as_f32,
-    bypass,
-    f32,
-    initializer,
-    is_op,
-    live_nodes,
-    only_consumer,
-)
-from edgec.passes.base import EdgecPass
-from edgec.passes.fold_batchnorm import bn_affine
+from edgec.passes._ir import as_f32, bypass, f32, initializer, is_op, live_nodes, only_consumer
+from edgec.passes.fold_batchnorm import bn_affine, bn_affine_or_why
 from edgec.passes.fold_channel_affine import affine_step
+from edgec.passes.rules import Rule, RulePass
 
 
 def _channel_shape(rank: int, axis: int) -> tuple[int, ...]:
@@ -94,114 +92,159 @@ def emit_affine(
     return add.outputs[0]
 
 
-def _fold_sum(add: ir.Node) -> bool:
-    if not is_op(add, "Add") or len(add.inputs) != 2 or None in add.inputs:
-        return False
-    u, v = add.inputs
-    candidates = {u, v}
-    for side in (u, v):
-        producer = side.producer()  # type: ignore[union-attr]
-        if producer is not None and producer.inputs and producer.inputs[0] is not None:
-            candidates.add(producer.inputs[0])
-    for x in candidates:
-        if x is None or x.shape is None or len(x.shape) < 2 or x.shape[1] is None:
-            continue
-        tu, tv = term(u, x), term(v, x)  # type: ignore[arg-type]
-        if tu is None or tv is None or (u is x and v is x):
-            continue
-        chain = tu[2] + tv[2]
-        if not any(is_op(n, "BatchNormalization") for n in chain):
-            continue  # sums without a BN are plain arithmetic, not RepBN
-        channels = x.shape[1]
-        if not isinstance(channels, int):
-            continue
-        a = np.broadcast_to(np.asarray(tu[0]) + np.asarray(tv[0]), (channels,))
-        b = np.broadcast_to(np.asarray(tu[1]) + np.asarray(tv[1]), (channels,))
-        out = emit_affine(add, x, np.array(a), np.array(b), 1, add.outputs[0])
-        if not bypass(add, out):
-            return False
-        for node in reversed(chain):  # consumers before producers
-            if node.graph is not None:
-                node.graph.remove(node, safe=True)
-        return True
-    return False
-
-
-def _bn_on_tokens(bn: ir.Node) -> bool:
-    """A BN that reads a transpose and is still here: make it an affine on axis 1."""
-    affine = bn_affine(bn)
-    if affine is None:
-        return False
-    x = bn.inputs[0]
-    if x is None or x.shape is None or not is_op(x.producer(), "Transpose"):
-        return False
-    s, t = affine
-    return bypass(bn, emit_affine(bn, x, s, t, 1, bn.outputs[0]))
-
-
-def _bn_after_reshape(bn: ir.Node) -> bool:
-    """BN1d(Reshape(y)) on (M, C) with y's last axis C -> Reshape(a * y + b) on that axis: the
-    affine moves before the flattening, next to the Linear that made y (LeViT's Linear+BN on
-    tokens flattened to 2-D)."""
-    affine = bn_affine(bn)
-    x = bn.inputs[0] if affine is not None else None
-    reshape = x.producer() if x is not None else None
-    if affine is None or reshape is None or not is_op(reshape, "Reshape") or x is None:
-        return False
-    y = reshape.inputs[0] if reshape.inputs else None
-    if y is None or y.shape is None or x.shape is None or len(x.shape) != 2:
-        return False
-    channels = x.shape[1]
-    if not isinstance(channels, int) or y.shape[-1] != channels or only_consumer(x) is not bn:
-        return False
-    s, t = affine
-    moved = emit_affine(reshape, y, s, t, len(y.shape) - 1, y)
-    reshape.replace_input_with(0, moved)
-    return bypass(bn, x)
-
-
-def _cancel_transposes(first: ir.Node) -> bool:
-    """Transpose(P) -> Mul(c) -> Add(d) -> Transpose(Q), Q . P = id  ->  Mul(c') -> Add(d')."""
-    if not is_op(first, "Transpose"):
-        return False
-    perm = list(first.attributes.get_ints("perm", []))
-    mul = only_consumer(first.outputs[0])
-    add = only_consumer(mul.outputs[0]) if is_op(mul, "Mul") and mul is not None else None
-    last = only_consumer(add.outputs[0]) if is_op(add, "Add") and add is not None else None
-    if not perm or mul is None or add is None or not is_op(last, "Transpose") or last is None:
-        return False
-    back = list(last.attributes.get_ints("perm", []))
-    if [perm[i] for i in back] != list(range(len(perm))):
-        return False
-    x = first.inputs[0]
-    c, d = f32(mul.inputs[1]), f32(add.inputs[1])
-    if x is None or c is None or d is None or mul.inputs[0] is not first.outputs[0]:
-        return False
-    if add.inputs[0] is not mul.outputs[0]:
-        return False
-    rank = len(perm)
-    inverse = np.argsort(perm)
-    c_full = np.transpose(c.reshape((1,) * (rank - c.ndim) + c.shape), inverse)
-    d_full = np.transpose(d.reshape((1,) * (rank - d.ndim) + d.shape), inverse)
-    graph = first.graph
-    assert graph is not None
-    mul.replace_input_with(0, x)
-    mul.replace_input_with(1, initializer(graph, as_f32(c_full), "scale"))
-    add.replace_input_with(1, initializer(graph, as_f32(d_full), "shift"))
-    for v in (mul.outputs[0], add.outputs[0]):
-        v.shape, v.type = last.outputs[0].shape, last.outputs[0].type
-    graph.remove(first, safe=True)
-    return bypass(last, add.outputs[0])
-
-
-class FoldRepbn(EdgecPass):
+class FoldRepbn(RulePass):
     name = "fold_repbn"
 
     def rewrite(self, model: ir.Model) -> int:
-        fired = 0
-        # in this order: sums first, then what is left of BNs on tokens
-        for rewrite in (_fold_sum, _bn_on_tokens, _bn_after_reshape, _cancel_transposes):
-            for node in live_nodes(model):
-                if rewrite(node):
-                    fired += 1
-        return fired
+        # in this order: sums first (a BN in a sum is RepBN), then what is left of BNs on
+        # tokens, then the transposes around the affines those became
+        fired = sum(self._fold_sum(node) for node in live_nodes(model))
+        fired += self.apply_rules(model, (AffineOnTokens, AffineBeforeReshape))
+        return fired + self.apply_rules(model, (CancelTransposes,))
+
+    def _fold_sum(self, add: ir.Node) -> bool:
+        """An Add of per-channel affines of one tensor, one of them a BN -> one affine."""
+        if not is_op(add, "Add") or len(add.inputs) != 2 or None in add.inputs:
+            return False
+        u, v = add.inputs
+        candidates = {u, v}
+        for side in (u, v):
+            producer = side.producer()  # type: ignore[union-attr]
+            if producer is not None and producer.inputs and producer.inputs[0] is not None:
+                candidates.add(producer.inputs[0])
+        bns = [s.producer() for s in (u, v) if is_op(s.producer(), "BatchNormalization")]  # type: ignore[union-attr]
+        why = "the other term is not a per-channel affine of the BN's input, or is read elsewhere"
+        for x in candidates:
+            if x is None or x.shape is None or len(x.shape) < 2 or x.shape[1] is None:
+                continue
+            tu, tv = term(u, x), term(v, x)  # type: ignore[arg-type]
+            if tu is None or tv is None or (u is x and v is x):
+                continue
+            chain = tu[2] + tv[2]
+            if not any(is_op(n, "BatchNormalization") for n in chain):
+                continue  # sums without a BN are plain arithmetic, not RepBN
+            channels = x.shape[1]
+            if not isinstance(channels, int):
+                why = f"the channel count of '{x.name}' is not static"
+                continue
+            a = np.broadcast_to(np.asarray(tu[0]) + np.asarray(tv[0]), (channels,))
+            b = np.broadcast_to(np.asarray(tu[1]) + np.asarray(tv[1]), (channels,))
+            out = emit_affine(add, x, np.array(a), np.array(b), 1, add.outputs[0])
+            if not bypass(add, out):
+                why = "the sum is a graph output the affine cannot take the place of"
+                break
+            for node in reversed(chain):  # consumers before producers
+                if node.graph is not None:
+                    node.graph.remove(node, safe=True)
+            return self.fired("repbn_sum", [*chain, add])
+        return bool(bns) and self.left_alone("repbn_sum", [*bns, add], why)  # type: ignore[list-item]
+
+
+def _tokens_affine(op: Any, x: ir.Value, bn_out: ir.Value, axis: int) -> ir.Value:
+    """Mul(x, s) then Add(., t) along `axis` of x, for the BN that made `bn_out`."""
+    s, t = bn_affine(bn_out.producer())  # type: ignore[arg-type,misc]
+    assert x.shape is not None
+    shape = _channel_shape(len(x.shape), axis)
+    mul = op.Mul(
+        x, op.initializer(ir.tensor(as_f32(s.reshape(shape))), name=f"{bn_out.name}_scale")
+    )
+    add = op.Add(
+        mul, op.initializer(ir.tensor(as_f32(t.reshape(shape))), name=f"{bn_out.name}_shift")
+    )
+    for value in (mul, add):
+        value.shape, value.type = x.shape, x.type
+    return add
+
+
+class AffineOnTokens(Rule):
+    """BN(Transpose(t)) left after the sums -> Mul and Add along axis 1 (BN1d on tokens), for
+    `fold_channel_affine` or `CancelTransposes` to take further."""
+
+    name = "bn_on_tokens"
+
+    def pattern(self, op: Any, x: ir.Value) -> ir.Value:
+        return op.BatchNormalization(x, _allow_other_inputs=True, _outputs=["bn_out"])
+
+    def check(self, context: Any, x: ir.Value, bn_out: ir.Value) -> MatchResult:
+        if not is_op(x.producer(), "Transpose"):
+            return self.unlike("the BatchNormalization does not read a Transpose (tokens)")
+        affine = bn_affine_or_why(bn_out.producer())  # type: ignore[arg-type]
+        if isinstance(affine, str):
+            return self.fail(affine)
+        return self.fail("the input's rank is unknown") if x.shape is None else self.ok()
+
+    def rewrite(self, op: Any, x: ir.Value, bn_out: ir.Value) -> ir.Value:
+        return _tokens_affine(op, x, bn_out, 1)
+
+
+class AffineBeforeReshape(Rule):
+    """BN1d(Reshape(y, (M, C))), y's last axis C -> Reshape(s * y + t): the affine moves before
+    the flattening, next to the Linear that made y (LeViT's Linear+BN on 2-D tokens)."""
+
+    name = "bn_after_reshape"
+
+    def pattern(self, op: Any, y: ir.Value, shape: ir.Value) -> ir.Value:
+        flat = op.Reshape(y, shape, _outputs=["x"])
+        return op.BatchNormalization(flat, _allow_other_inputs=True, _outputs=["bn_out"])
+
+    def check(self, context: Any, y: ir.Value, shape: ir.Value, x: ir.Value, bn_out: ir.Value):
+        affine = bn_affine_or_why(bn_out.producer())  # type: ignore[arg-type]
+        if isinstance(affine, str):
+            return self.fail(affine)
+        if y.shape is None or x.shape is None or len(x.shape) != 2:
+            return self.fail("the Reshape's output is not known to be 2-D (M, C)")
+        channels = x.shape[1]
+        if not isinstance(channels, int) or y.shape[-1] != channels:
+            return self.fail("the Reshape does not keep the channels on the last axis")
+        return self.ok()
+
+    def rewrite(self, op: Any, y: ir.Value, shape: ir.Value, x: ir.Value, bn_out: ir.Value):
+        assert y.shape is not None
+        moved = _tokens_affine(op, y, bn_out, len(y.shape) - 1)
+        return op.Reshape(moved, shape, **x.producer().attributes)  # type: ignore[union-attr]
+
+
+class CancelTransposes(Rule):
+    """Transpose(P) -> Mul(c) -> Add(d) -> Transpose(Q), Q . P = id  ->  Mul(c') -> Add(d')
+    on the untransposed tensor (c, d permuted back)."""
+
+    name = "cancel_transposes"
+
+    def pattern(self, op: Any, x: ir.Value, c: ir.Value, d: ir.Value) -> ir.Value:
+        inner = op.Add(op.Mul(op.Transpose(x, _outputs=["t"]), c), d)
+        return op.Transpose(inner, _outputs=["out"])
+
+    def check(
+        self, context: Any, x: ir.Value, c: ir.Value, d: ir.Value, t: ir.Value, out: ir.Value
+    ):
+        perm = list(t.producer().attributes.get_ints("perm", []))  # type: ignore[union-attr]
+        back = list(out.producer().attributes.get_ints("perm", []))  # type: ignore[union-attr]
+        if not perm or [perm[i] for i in back] != list(range(len(perm))):
+            return self.fail("the two Transposes are not each other's inverse")
+        if f32(c) is None or f32(d) is None:
+            return self.fail("the scale or shift between them is not a float32 constant")
+        return self.ok()
+
+    def rewrite(self, op: Any, x: ir.Value, c: ir.Value, d: ir.Value, t: ir.Value, out: ir.Value):
+        inverse = np.argsort(t.producer().attributes.get_ints("perm", []))  # type: ignore[union-attr]
+        rank = len(inverse)
+        scale, shift = (f32(v) for v in (c, d))
+        mul = op.Mul(
+            x,
+            op.initializer(
+                ir.tensor(as_f32(_permuted(scale, rank, inverse))), name=f"{c.name}_untransposed"
+            ),
+        )  # type: ignore[arg-type]
+        add = op.Add(
+            mul,
+            op.initializer(
+                ir.tensor(as_f32(_permuted(shift, rank, inverse))), name=f"{d.name}_untransposed"
+            ),
+        )  # type: ignore[arg-type]
+        for value in (mul, add):
+            value.shape, value.type = out.shape, out.type
+        return add
+
+
+def _permuted(array: np.ndarray, rank: int, inverse: np.ndarray) -> np.ndarray:
+    return np.transpose(array.reshape((1,) * (rank - array.ndim) + array.shape), inverse)

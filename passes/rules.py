@@ -41,11 +41,27 @@ class Rule(RewriteRuleClassBase):
     def fail(reason: str) -> MatchResult:
         return MatchResult().fail(reason)
 
+    @staticmethod
+    def unlike(reason: str) -> MatchResult:
+        """Fail a check on what a pattern cannot say (the op that made an input): the node was
+        never a candidate, so it is reported with the near misses (`--explain`) only."""
+        return Unlike().fail(reason)
+
+
+class Unlike(MatchResult):
+    """The result of `Rule.unlike`."""
+
 
 def recorded_rule(
-    rule_class: type[RewriteRuleClassBase], record: Callable[[Candidate], None]
+    rule_class: type[RewriteRuleClassBase],
+    record: Callable[[Candidate], None],
+    near_misses: bool = False,
+    dry: bool = False,
 ) -> RewriteRule:
-    """`rule_class` as a RewriteRule whose check and rewrite also report to `record`."""
+    """`rule_class` as a RewriteRule whose check and rewrite also report to `record` (a check
+    that fails with `Rule.unlike` only with `near_misses`). A `dry` rule builds no replacement:
+    onnxscript builds one even when it only traces, and its nodes, though never inserted,
+    would stay among the uses of the values they read."""
     instance = rule_class()
     name = str(instance.name or rule_class.__name__)
     matched: list[Sequence[ir.Node]] = []  # what the last successful check saw
@@ -54,16 +70,21 @@ def recorded_rule(
         result = instance.check(context, **bindings)
         if result:
             matched[:] = [list(reversed(context.nodes))]
-        else:
+        elif near_misses or not isinstance(result, Unlike):
             reason = result.reason if isinstance(result, MatchResult) else ""
             nodes = list(reversed(context.nodes))  # the matcher walks back from the root
             record(candidate(name, nodes, False, reason or "its check failed"))
         return result
 
     def rewrite(op: Any, **bindings: Any) -> Any:
+        if dry:
+            return None
+        first = len(op.nodes)
         replacement = instance.rewrite(op, **bindings)
         if matched and replacement is not None:
-            record(candidate(name, matched.pop(), True))
+            nodes = matched.pop()
+            _name_like(op.nodes[first:], nodes)
+            record(candidate(name, nodes, True))
         return replacement
 
     return RewriteRule(
@@ -76,6 +97,19 @@ def recorded_rule(
         graph_post_visitor=instance.cleanup,
         as_function=instance.as_function,
     )
+
+
+def _name_like(new: Sequence[ir.Node], matched: Sequence[ir.Node]) -> None:
+    """Name a rule's new nodes after the ones they replace, so that module paths survive: a
+    new node takes the name of the first matched node of its op type, else the last matched
+    node's name with `+op` (a folded Conv stays `blocks.0.conv`, its new Mul is `...+mul`)."""
+    names = {n.op_type: n.name for n in reversed(matched) if n.name}
+    root = next((n.name for n in reversed(matched) if n.name), "")
+    for node in new:
+        if node.name:
+            continue
+        suffixed = f"{root}+{node.op_type.lower()}" if root else None
+        node.name = names.pop(node.op_type, None) or suffixed
 
 
 class _NearMisses(MatchingTracer):
@@ -106,10 +140,15 @@ class RulePass(EdgecPass):
     rules: ClassVar[Sequence[type[RewriteRuleClassBase]]] = ()
 
     def rewrite(self, model: ir.Model) -> int:
+        return self.apply_rules(model, self.rules)
+
+    def apply_rules(self, model: ir.Model, rules: Sequence[type[RewriteRuleClassBase]]) -> int:
+        """Apply `rules` in one walk of the graph; record what fired and what was left alone."""
         if self.explain:  # with a tracer, onnxscript only matches: nothing is rewritten
             misses = _NearMisses()
-            silent = RewriteRuleSet([recorded_rule(r, lambda _: None) for r in self.rules])
+            silent = RewriteRuleSet([recorded_rule(r, lambda _: None, dry=True) for r in rules])
             silent.apply_to_model(model, tracer=misses)
             self.explained.extend(misses.found)
-        ruleset = RewriteRuleSet([recorded_rule(r, self.explained.append) for r in self.rules])
+        record = self.explained.append
+        ruleset = RewriteRuleSet([recorded_rule(r, record, self.explain) for r in rules])
         return ruleset.apply_to_model(model)

@@ -15,7 +15,7 @@ from edgec.passes.fold_channel_affine import FoldChannelAffine
 from edgec.passes.fold_repbn import FoldRepbn
 from edgec.runtime.compare import rel_error
 from tests.conftest import with_bn_statistics
-from tests.passes.graphs import Graph, apply, check, ops
+from tests.passes.graphs import Graph, apply, check, explain, ops, reasons
 
 
 class RepBNThenLinear(nn.Module):
@@ -91,6 +91,64 @@ def test_bn_plus_scaled_identity_is_one_affine() -> None:
     check(before, after)
 
 
+def test_sum_of_a_bn_and_another_tensor_says_why() -> None:
+    """BN(h) + g: the other term reads another tensor, so the sum is no affine of h."""
+    g = Graph((2, 6, 5))
+    h = g.op("Relu", "x")
+    y = g.op("Add", g.bn(h, 6), g.op("Sigmoid", "x"))
+    after, seen = explain(FoldRepbn(), g.model(g.op("Tanh", y)))
+    assert "BatchNormalization" in ops(after)
+    assert reasons(seen, "repbn_sum") == [
+        "the other term is not a per-channel affine of the BN's input, or is read elsewhere"
+    ]
+
+
+def _tokens(g: Graph, c: int) -> str:
+    """(B, N, C) -> BN1d on (B, C, N) -> back: a BN on tokens, no sum."""
+    t = g.op("Transpose", g.op("Relu", "x"), perm=[0, 2, 1])
+    return g.op("Transpose", g.bn(t, c), perm=[0, 2, 1])
+
+
+def test_bn_on_tokens_becomes_an_affine_and_the_transposes_go() -> None:
+    g = Graph((2, 5, 6))
+    before = g.model(g.op("Sigmoid", _tokens(g, 6)))
+    after, seen = explain(FoldRepbn(), before)
+    assert ops(after) == ["Relu", "Mul", "Add", "Sigmoid"]
+    assert [c.rule for c in seen if c.fired] == ["bn_on_tokens", "cancel_transposes"]
+    check(before, after)
+
+
+def test_transposes_that_are_not_inverses_stay_and_say_why() -> None:
+    g = Graph((2, 3, 4, 4))
+    t = g.op("Transpose", g.op("Relu", "x"), perm=[0, 2, 3, 1])
+    y = g.op("Transpose", g.bn(t, 4), perm=[0, 2, 3, 1])  # not (0, 3, 1, 2)
+    before = g.model(g.op("Sigmoid", y))
+    after, seen = explain(FoldRepbn(), before)
+    assert ops(after).count("Transpose") == 2
+    assert reasons(seen, "cancel_transposes") == ["the two Transposes are not each other's inverse"]
+    check(before, after)
+
+
+def test_bn_after_a_flattening_reshape_moves_before_it() -> None:
+    """LeViT: Linear on (B, N, C) tokens, flattened to (B*N, C), BN1d -> affine on C first."""
+    g = Graph((2, 3, 6))
+    flat = g.op("Reshape", g.op("MatMul", "x", g.w(6, 4)), g.const(np.array([6, 4])))
+    before = g.model(g.op("Relu", g.bn(flat, 4)))
+    after, fired = apply(FoldRepbn(), before)
+    assert fired == 1 and ops(after) == ["MatMul", "Mul", "Add", "Reshape", "Relu"]
+    check(before, after)
+
+
+def test_bn_after_a_reshape_that_moves_the_channels_says_why() -> None:
+    g = Graph((2, 4, 3))
+    flat = g.op("Reshape", g.op("Relu", "x"), g.const(np.array([6, 4])))  # last axis 3, not 4
+    after, seen = explain(FoldRepbn(), g.model(g.op("Relu", g.bn(flat, 4))))
+    assert "BatchNormalization" in ops(after)
+    assert reasons(seen, "bn_after_reshape") == [
+        "the Reshape does not keep the channels on the last axis"
+    ]
+
+
 def test_affine_on_the_wrong_axis_stays() -> None:
     """An affine along axis 1 of (B, N, C) before a MatMul on C cannot fold into it."""
     g = Graph((2, 6, 5))
@@ -137,3 +195,15 @@ def test_shift_before_matmul_output_is_left_alone() -> None:
     y = g.op("Add", g.op("Relu", "x"), g.const(np.linspace(-1, 1, 5, dtype=np.float32)))
     after, fired = apply(FoldChannelAffine(), g.model(g.op("MatMul", y, g.w(5, 3))))
     assert fired == 0 and ops(after) == ["Relu", "Add", "MatMul"]
+
+
+def test_explaining_rewrites_what_not_explaining_does() -> None:
+    """The near-miss search only matches: it leaves no trace (such as the uses of a value by a
+    replacement it built and never inserted) that changes what the rules then rewrite."""
+    g = Graph((2, 5, 6))
+    before = g.model(g.op("Sigmoid", _tokens(g, 6)))
+    plain, _ = apply(FoldRepbn(), before)
+    explained, _ = explain(FoldRepbn(), before)
+    assert ops(explained) == ops(plain) == ["Relu", "Mul", "Add", "Sigmoid"]
+    for node in explained.graph:
+        assert all(use.node.graph is explained.graph for v in node.inputs for use in v.uses())
