@@ -14,7 +14,8 @@ The affine must run along the linear op's channel axis (axis 1 for Conv, the las
 MatMul/Gemm); scalars fold too. This is how RepBN, once `fold_repbn` has made it one affine,
 disappears into the Linear after it, and how an affine left by other folds joins its conv.
 
-Left alone: an affine on another axis, a shift before a padded conv, constants shaped to
+One walk (`affine_into_linear`). Left alone, with the reason (`edgec compile --explain`): an
+affine on another axis, a shift before a padded conv, constants shaped to
 broadcast the tensor larger, and ops whose output has other readers.
 """
 
@@ -80,19 +81,25 @@ def _fits(axis: int | None, want: int, rank: int, size: int, vec: np.ndarray) ->
     return vec
 
 
-def _backward(node: ir.Node, x: ir.Value, axis: int | None, vec: np.ndarray, kind: str) -> bool:
+RULE = "affine_into_linear"
+Outcome = bool | str  # True: folded; a string: why not; False: no linear op there to try
+
+
+def _backward(node: ir.Node, x: ir.Value, axis: int | None, vec: np.ndarray, kind: str) -> Outcome:
     op = x.producer()
-    if op is None or only_consumer(x) is not node:
+    if op is None:
         return False
     rank = len(x.shape or ())
     if is_op(op, "Conv"):
+        if only_consumer(x) is not node:
+            return "the Conv's output is read elsewhere too"
         p = conv_params(op)
         if p is None:
-            return False
+            return "the Conv's weight or bias is not a float32 constant, or it uses auto_pad"
         w, b = p
         v = _fits(axis, 1, rank, w.shape[0], vec)
         if v is None:
-            return False
+            return "the affine does not run along the Conv's output channels"
         b = b if b is not None else np.zeros(w.shape[0])
         if kind == "scale":
             set_const_input(op, 1, as_f32(w * v.reshape(-1, *([1] * (w.ndim - 1)))), "weight")
@@ -102,12 +109,16 @@ def _backward(node: ir.Node, x: ir.Value, axis: int | None, vec: np.ndarray, kin
         set_const_input(op, 2, as_f32(b), "bias")
         return bypass(node, x)
     if is_op(op, "MatMul"):  # no bias: a shift is one already; a scale goes into W
-        w = f32(op.inputs[1])
-        if kind == "shift" or w is None or w.ndim != 2:
+        if kind == "shift":
             return False
+        w = f32(op.inputs[1])
+        if only_consumer(x) is not node:
+            return "the MatMul's output is read elsewhere too"
+        if w is None or w.ndim != 2:
+            return "the MatMul's weight is not a 2-D float32 constant"
         v = _fits(axis, -1, rank, w.shape[1], vec)
         if v is None:
-            return False
+            return "the affine does not run along the MatMul's last axis"
         set_const_input(op, 1, as_f32(w.astype(np.float64) * v[None, :]), "weight")
         return bypass(node, x)
     if not is_op(op, "Add") or len(op.inputs) != 2:
@@ -118,10 +129,12 @@ def _backward(node: ir.Node, x: ir.Value, axis: int | None, vec: np.ndarray, kin
     dense = dense_params(mm) if mm is not None else None
     if mm is None or dense is None or dense[2] is not op or dense[1] is None:
         return False
+    if only_consumer(x) is not node:
+        return "the biased MatMul's output is read elsewhere too"
     w, c, _ = dense
     v = _fits(axis, -1, rank, w.shape[1], vec)
     if v is None:
-        return False
+        return "the affine does not run along the MatMul's last axis"
     slot = other_slot(op, mm.outputs[0])
     if kind == "scale":
         set_const_input(mm, 1, as_f32(w * v[None, :]), "weight")
@@ -131,7 +144,7 @@ def _backward(node: ir.Node, x: ir.Value, axis: int | None, vec: np.ndarray, kin
     return bypass(node, x)
 
 
-def _forward(node: ir.Node, x: ir.Value, axis: int | None, vec: np.ndarray, kind: str) -> bool:
+def _forward(node: ir.Node, x: ir.Value, axis: int | None, vec: np.ndarray, kind: str) -> Outcome:
     y = node.outputs[0]
     op = only_consumer(y)
     if op is None or op.inputs[0] is not y:
@@ -139,34 +152,36 @@ def _forward(node: ir.Node, x: ir.Value, axis: int | None, vec: np.ndarray, kind
     rank = len(x.shape or ())
     if is_op(op, "Conv"):
         p = conv_params(op)
-        if p is None or op.attributes.get_int("group", 1) != 1:
-            return False
+        if p is None:
+            return "the next Conv's weight or bias is not a float32 constant, or it uses auto_pad"
+        if op.attributes.get_int("group", 1) != 1:
+            return "the next Conv is grouped"
         w, b = p
         v = _fits(axis, 1, rank, w.shape[1], vec)
         if v is None:
-            return False
+            return "the affine does not run along the next Conv's input channels"
         b = b if b is not None else np.zeros(w.shape[0])
         if kind == "scale":
             set_const_input(op, 1, as_f32(w * v.reshape(1, -1, *([1] * (w.ndim - 2)))), "weight")
         else:
             if any(op.attributes.get_ints("pads", [0])) and np.any(v != 0):
-                return False
+                return "a shift before a padded Conv: padding reads 0, not the shift"
             set_const_input(op, 2, as_f32(b + w.sum(axis=tuple(range(2, w.ndim))) @ v), "bias")
         return bypass(node, x)
     if is_op(op, "MatMul"):
         dense = dense_params(op)
         if dense is None:
-            return False
+            return "the next MatMul's weight is not a 2-D float32 constant"
         w, c, end = dense
         v = _fits(axis, -1, rank, w.shape[0], vec)
         if v is None:
-            return False
+            return "the affine does not run along the next MatMul's input features"
         if kind == "scale":
             set_const_input(op, 1, as_f32(v[:, None] * w), "weight")
             return bypass(node, x)
         shift = v @ w
         if end is op and op.outputs[0].is_graph_output():
-            return False  # a new bias Add would take the output's place and name
+            return "the next MatMul's output is a graph output: a new bias Add would take its place"
         if end is op:  # no bias yet: add one
             graph = op.graph
             assert graph is not None
@@ -186,6 +201,9 @@ def _forward(node: ir.Node, x: ir.Value, axis: int | None, vec: np.ndarray, kind
 
 
 class FoldChannelAffine(EdgecPass):
+    """A walk (`affine_into_linear`): an affine's neighbours are tried backwards, then
+    forwards, each with its own reason when it cannot take the affine."""
+
     name = "fold_channel_affine"
 
     def rewrite(self, model: ir.Model) -> int:
@@ -194,6 +212,11 @@ class FoldChannelAffine(EdgecPass):
             step = affine_step(node)
             if step is None:
                 continue
-            if _backward(node, *step) or _forward(node, *step):
-                fired += 1
+            back = _backward(node, *step)
+            forward = _forward(node, *step) if back is not True else False
+            if back is True or forward is True:
+                fired += self.fired(RULE, [node])
+            elif isinstance(back, str) or isinstance(forward, str):
+                why = "; ".join(r for r in (back, forward) if isinstance(r, str))
+                self.left_alone(RULE, [node], why)
         return fired

@@ -15,9 +15,10 @@ one conv (`merge_parallel_branches`), the deploy form FastViT's own code writes 
 Emitted as Mul(x, A) (left out when A = 1, the term dropped when A = 0), the first other
 leaf as Add(Mul(f, c), B), the rest as Mul(f_j, c_j), summed by Adds.
 
-Left alone: combinations without a BatchNormalization among the x terms (plain arithmetic,
-nothing to fold), fewer than two x terms, constants varying along another axis than 1,
-tree nodes read outside the tree, and non-float32 tensors.
+Left alone, with the reason (`edgec compile --explain`): combinations without a
+BatchNormalization among the x terms (plain arithmetic, nothing to fold), fewer than two x
+terms, constants varying along another axis than 1, tree nodes read outside the tree, and
+non-float32 tensors.
 """
 
 from __future__ import annotations
@@ -69,12 +70,18 @@ def _channel_const(graph: ir.Graph, c: Coef, rank: int, hint: str) -> ir.Value:
     return initializer(graph, as_f32(np.asarray(c).reshape(shape)), hint)
 
 
-def _merge(root: ir.Node) -> bool:
+def _merge(root: ir.Node) -> bool | str:
+    """True if merged; why not, for a sum with a BatchNormalization term; else False."""
     nodes: list[ir.Node] = []
     leaves: list[tuple[ir.Value, Coef]] = []
     offset = _expand(root.outputs[0], np.ones(()), leaves, nodes)
-    if offset is None or len(leaves) < 2 or root not in nodes:
+    if len(leaves) < 2 or root not in nodes:
         return False
+    if not any(is_op(leaf.producer(), "BatchNormalization") for leaf, _ in leaves):
+        return False
+    if offset is None:
+        return "a constant in the sum varies along another axis than the channels (1)"
+    why = "no two terms of the sum are per-channel affines of one tensor (with a BN among them)"
     candidates: list[ir.Value] = []
     for leaf, _ in leaves:
         producer = leaf.producer()
@@ -98,14 +105,15 @@ def _merge(root: ir.Node) -> bool:
         b = np.broadcast_to(b, (channels,)).astype(np.float64)
         others = [(leaf, c) for leaf, c, t in found if t is None]
         if any(leaf.shape is None or len(leaf.shape) != len(shape) for leaf, _ in others):
-            continue  # a coefficient along axis 1 needs the leaf's rank
+            why = "another term's rank is unknown or differs: its coefficient needs axis 1"
+            continue
         return _emit(root, x, a, b, others)
-    return False
+    return why
 
 
 def _emit(
     root: ir.Node, x: ir.Value, a: np.ndarray, b: np.ndarray, others: list[tuple[ir.Value, Coef]]
-) -> bool:
+) -> bool | str:
     graph = root.graph
     assert graph is not None and x.shape is not None
     rank = len(x.shape)
@@ -127,26 +135,24 @@ def _emit(
             t = op("Add", t, b, "shift")
         shift_done = True
         terms.append(t)
-    if not shift_done and np.any(b != 0):
-        if not terms:
-            return False
-        terms[0] = op("Add", terms[0], b, "shift")
     if not terms:
-        return False
+        return "the terms cancel: the sum is a constant (left to constant folding)"
+    if not shift_done and np.any(b != 0):
+        terms[0] = op("Add", terms[0], b, "shift")
     total = terms[0]
     for t in terms[1:]:
         node = ir.node("Add", [total, t], name=f"{root.name}+sum")
         new.append(node)
         total = node.outputs[0]
     if total is x:
-        return False
+        return "the terms sum to their tensor unchanged (left as it is)"
     graph.insert_before(root, new)
     for node in new:
         node.outputs[0].shape, node.outputs[0].type = out.shape, out.type
     if not bypass(root, total):
         for node in reversed(new):
             graph.remove(node, safe=True)
-        return False
+        return "the sum is a graph output the merged affine cannot take the place of"
     _drop_dead(graph)
     return True
 
@@ -159,11 +165,24 @@ def _drop_dead(graph: ir.Graph) -> None:
 
 
 class MergeAffineTerms(EdgecPass):
+    """A walk (`affine_sum`): a tree of any shape is no fixed pattern."""
+
     name = "merge_affine_terms"
 
     def rewrite(self, model: ir.Model) -> int:
         fired = 0
         for node in reversed(list(live_nodes(model))):  # the root of a tree comes last
-            if node.graph is not None and is_op(node, "Add", "Sub") and _merge(node):
-                fired += 1
+            if node.graph is None or not is_op(node, "Add", "Sub"):
+                continue
+            found = _merge(node)
+            if found is True:
+                fired += self.fired("affine_sum", [node])
+            elif isinstance(found, str) and not _in_larger_sum(node):
+                self.left_alone("affine_sum", [node], found)
         return fired
+
+
+def _in_larger_sum(node: ir.Node) -> bool:
+    """The node feeds another Add/Sub/Mul of the same tree (which reports for the whole)."""
+    reader = only_consumer(node.outputs[0])
+    return reader is not None and is_op(reader, "Add", "Sub", "Mul")

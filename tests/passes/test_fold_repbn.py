@@ -154,8 +154,35 @@ def test_affine_on_the_wrong_axis_stays() -> None:
     g = Graph((2, 6, 5))
     h = g.op("Relu", "x")
     y = g.op("Mul", h, g.const(np.arange(1, 7, dtype=np.float32).reshape(6, 1)))
-    after, fired = apply(FoldChannelAffine(), g.model(g.op("MatMul", y, g.w(5, 3))))
-    assert fired == 0 and ops(after) == ["Relu", "Mul", "MatMul"]
+    after, seen = explain(FoldChannelAffine(), g.model(g.op("MatMul", y, g.w(5, 3))))
+    assert ops(after) == ["Relu", "Mul", "MatMul"]
+    assert reasons(seen, "affine_into_linear") == [
+        "the affine does not run along the next MatMul's input features"
+    ]
+
+
+def test_affine_on_the_last_axis_folds_forwards() -> None:
+    """The closest case that folds: the same scale along C, the MatMul's input features."""
+    g = Graph((2, 6, 5))
+    h = g.op("Relu", "x")
+    y = g.op("Mul", h, g.const(np.arange(1, 6, dtype=np.float32)))
+    before = g.model(g.op("MatMul", y, g.w(5, 3)))
+    after, fired = apply(FoldChannelAffine(), before)
+    assert fired == 1 and ops(after) == ["Relu", "MatMul"]
+    check(before, after)
+
+
+def test_shift_before_a_padded_conv_stays_and_says_why() -> None:
+    g = Graph((1, 4, 6, 6))
+    y = g.op(
+        "Add", g.op("Relu", "x"), g.const(np.linspace(0.5, 2, 4, dtype=np.float32).reshape(4, 1, 1))
+    )
+    before = g.model(g.conv(y, 4, 5, 3, pad=1))
+    after, seen = explain(FoldChannelAffine(), before)
+    assert ops(after) == ["Relu", "Add", "Conv"]
+    assert reasons(seen, "affine_into_linear") == [
+        "a shift before a padded Conv: padding reads 0, not the shift"
+    ]
 
 
 def test_affine_after_conv_folds_backwards() -> None:
@@ -193,8 +220,11 @@ def test_shift_before_matmul_output_is_left_alone() -> None:
     """A new bias Add would take the graph output's place (and its name)."""
     g = Graph((2, 5))
     y = g.op("Add", g.op("Relu", "x"), g.const(np.linspace(-1, 1, 5, dtype=np.float32)))
-    after, fired = apply(FoldChannelAffine(), g.model(g.op("MatMul", y, g.w(5, 3))))
-    assert fired == 0 and ops(after) == ["Relu", "Add", "MatMul"]
+    after, seen = explain(FoldChannelAffine(), g.model(g.op("MatMul", y, g.w(5, 3))))
+    assert ops(after) == ["Relu", "Add", "MatMul"]
+    assert reasons(seen, "affine_into_linear") == [
+        "the next MatMul's output is a graph output: a new bias Add would take its place"
+    ]
 
 
 def test_explaining_rewrites_what_not_explaining_does() -> None:

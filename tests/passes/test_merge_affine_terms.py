@@ -16,7 +16,7 @@ from edgec.passes.fold_repbn import FoldRepbn
 from edgec.passes.merge_affine_terms import MergeAffineTerms
 from edgec.runtime.compare import rel_error
 from tests.conftest import with_bn_statistics
-from tests.passes.graphs import Graph, apply, check, ops
+from tests.passes.graphs import Graph, check, explain, ops, reasons
 
 
 class RepMixer(nn.Module):
@@ -99,8 +99,9 @@ def test_smallest_residual_with_bn_is_merged() -> None:
     d = g.op("Sub", g.op("Relu", x), g.bn(x, 4))
     y = g.op("Add", x, g.op("Mul", d, g.const(np.float32(0.5))))
     before = g.model(g.op("Tanh", y))
-    after, fired = apply(MergeAffineTerms(), before)
-    assert fired == 1 and "BatchNormalization" not in ops(after), ops(after)
+    after, seen = explain(MergeAffineTerms(), before)
+    assert [c.rule for c in seen if c.fired] == ["affine_sum"]
+    assert "BatchNormalization" not in ops(after), ops(after)
     check(before, after)
 
 
@@ -110,8 +111,8 @@ def test_combination_without_bn_is_left_alone() -> None:
     x = g.op("Sigmoid", "x")
     d = g.op("Sub", g.op("Relu", x), g.op("Mul", x, g.const(np.float32(2.0))))
     y = g.op("Add", x, g.op("Mul", d, g.const(np.float32(0.5))))
-    after, fired = apply(MergeAffineTerms(), g.model(g.op("Tanh", y)))
-    assert fired == 0 and ops(after).count("Mul") == 2
+    after, seen = explain(MergeAffineTerms(), g.model(g.op("Tanh", y)))
+    assert ops(after).count("Mul") == 2 and seen == []  # not a candidate at all
 
 
 def test_tree_read_elsewhere_is_left_alone() -> None:
@@ -121,8 +122,11 @@ def test_tree_read_elsewhere_is_left_alone() -> None:
     d = g.op("Sub", g.op("Relu", x), g.bn(x, 4))
     y = g.op("Add", x, g.op("Mul", d, g.const(np.float32(0.5))))
     before = g.model(y, d)
-    after, fired = apply(MergeAffineTerms(), before)
-    assert fired == 0 and "BatchNormalization" in ops(after)
+    after, seen = explain(MergeAffineTerms(), before)
+    assert "BatchNormalization" in ops(after)
+    assert reasons(seen, "affine_sum") == [
+        "no two terms of the sum are per-channel affines of one tensor (with a BN among them)"
+    ]
     check(before, after)
 
 
@@ -131,5 +135,8 @@ def test_bn_on_a_reshape_that_moves_the_channels_stays() -> None:
     g = Graph((2, 3, 8))
     y = g.op("Reshape", g.op("Relu", "x"), g.const(np.array([8, 6], np.int64)))
     before = g.model(g.op("Sigmoid", g.bn(y, 6)))
-    after, fired = apply(FoldRepbn(), before)
-    assert fired == 0 and "BatchNormalization" in ops(after)
+    after, seen = explain(FoldRepbn(), before)
+    assert "BatchNormalization" in ops(after)
+    assert reasons(seen, "bn_after_reshape") == [
+        "the Reshape does not keep the channels on the last axis"
+    ]

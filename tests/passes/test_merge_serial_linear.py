@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgec.passes.merge_serial_linear import MergeSerialLinear
-from tests.passes.graphs import Graph, apply, check, ops
+from tests.passes.graphs import Graph, apply, check, explain, ops, reasons
 
 
 @pytest.mark.parametrize(
@@ -40,30 +40,70 @@ def test_padded_after_biased_pointwise_is_left_alone() -> None:
     """The padding of the second conv would read 0 where the merged conv reads b1."""
     g = Graph((1, 4, 12, 12))
     y = g.conv(g.conv("x", 4, 3, 1, pad=0, bias=True), 3, 6, 3, pad=1)
-    after, fired = apply(MergeSerialLinear(), g.model(y))
-    assert fired == 0 and ops(after) == ["Conv", "Conv"]
+    after, seen = explain(MergeSerialLinear(), g.model(y))
+    assert ops(after) == ["Conv", "Conv"]
+    assert reasons(seen, "merge_conv_pair") == [
+        "a padded Conv after a biased 1x1: padding reads 0, not the bias"
+    ]
+
+
+def test_padded_after_unbiased_pointwise_merges() -> None:
+    """The closest case that merges: no bias on the 1x1, so its padding reads what it should."""
+    g = Graph((1, 4, 12, 12))
+    y = g.conv(g.conv("x", 4, 8, 1, pad=0, bias=False), 8, 3, 3, pad=1)
+    before = g.model(y)
+    after, seen = explain(MergeSerialLinear(), before)
+    assert ops(after) == ["Conv"] and [c.rule for c in seen if c.fired] == ["merge_conv_pair"]
+    check(before, after)
 
 
 def test_bottleneck_is_left_alone() -> None:
     """64 -> 4 -> 64 with 3x3 kernels: the merge would cost 64*64*9 against 64*4*9 + 4*64."""
     g = Graph((1, 64, 8, 8))
     y = g.conv(g.conv("x", 64, 4, 3), 4, 64, 1, pad=0)
-    after, fired = apply(MergeSerialLinear(), g.model(y))
-    assert fired == 0 and ops(after).count("Conv") == 2
+    after, seen = explain(MergeSerialLinear(), g.model(y))
+    assert ops(after).count("Conv") == 2
+    assert reasons(seen, "merge_conv_pair") == [
+        "the merged Conv would cost more multiply-adds than the pair"
+    ]
 
 
 def test_grouped_first_conv_is_left_alone() -> None:
     g = Graph((1, 8, 8, 8))
     y = g.conv(g.conv("x", 8, 8, 3, groups=8), 8, 8, 1, pad=0)
-    after, fired = apply(MergeSerialLinear(), g.model(y))
-    assert fired == 0 and ops(after).count("Conv") == 2
+    after, seen = explain(MergeSerialLinear(), g.model(y))
+    assert ops(after).count("Conv") == 2
+    assert reasons(seen, "merge_conv_pair") == [
+        "the first Conv is grouped: merging would make it dense"
+    ]
+
+
+def test_two_kxk_convs_are_left_alone() -> None:
+    g = Graph((1, 4, 8, 8))
+    y = g.conv(g.conv("x", 4, 4, 3), 4, 4, 3)
+    after, seen = explain(MergeSerialLinear(), g.model(y))
+    assert ops(after).count("Conv") == 2
+    assert reasons(seen, "merge_conv_pair") == [
+        "neither Conv is a plain 1x1 (stride 1, no padding, no groups)"
+    ]
 
 
 def test_nonlinearity_between_is_left_alone() -> None:
     g = Graph((1, 4, 8, 8))
     y = g.conv(g.op("Relu", g.conv("x", 4, 4, 3)), 4, 4, 1, pad=0)
-    after, fired = apply(MergeSerialLinear(), g.model(y))
-    assert fired == 0 and ops(after).count("Conv") == 2
+    after, seen = explain(MergeSerialLinear(), g.model(y))
+    assert ops(after).count("Conv") == 2 and not any(c.fired for c in seen)
+    assert all("Relu" not in c.ops for c in seen)  # no candidate spans the nonlinearity
+
+
+def test_conv_pair_with_a_shared_intermediate_says_why() -> None:
+    """The first conv's output is read elsewhere too: merging would have to keep it."""
+    g = Graph((1, 4, 8, 8))
+    h = g.conv("x", 4, 4, 3)
+    y = g.conv(h, 4, 4, 1, pad=0)
+    after, seen = explain(MergeSerialLinear(), g.model(y, g.op("Relu", h)))
+    assert ops(after).count("Conv") == 2
+    assert any("other uses" in r for r in reasons(seen, "merge_conv_pair"))
 
 
 @pytest.mark.parametrize("second", ["MatMul", "MatMulAdd", "Gemm"])
@@ -80,6 +120,27 @@ def test_dense_chain(second: str) -> None:
     after, fired = apply(MergeSerialLinear(), before)
     assert fired == 1 and ops(after) == ["MatMul", "Add"]
     check(before, after)
+
+
+def test_dense_bottleneck_is_left_alone() -> None:
+    g = Graph((3, 16))
+    y = g.op("MatMul", g.op("MatMul", "x", g.w(16, 2)), g.w(2, 16))
+    after, seen = explain(MergeSerialLinear(), g.model(y))
+    assert ops(after) == ["MatMul", "MatMul"]
+    assert reasons(seen, "merge_dense_pair") == [
+        "the merged product would cost more multiply-adds than the pair"
+    ]
+
+
+def test_product_by_a_runtime_value_is_left_alone() -> None:
+    g = Graph((3, 6))
+    h = g.op("MatMul", "x", g.w(6, 6))
+    y = g.op("MatMul", h, g.op("Transpose", "x"))
+    after, seen = explain(MergeSerialLinear(), g.model(y))
+    assert ops(after).count("MatMul") == 2
+    assert reasons(seen, "merge_dense_pair") == [
+        "the next product's weight or bias is not a float32 constant"
+    ]
 
 
 @settings(max_examples=25, deadline=None)
