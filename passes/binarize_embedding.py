@@ -6,8 +6,9 @@
 the form of BiT's word embeddings (codes times the row's mean |W|). The product codes * s is
 the one the model computes, so the values are identical.
 
-Left alone: tables with a row of more than two values, or not symmetric around 0; Gather on
-an axis other than 0; tables smaller than 64 entries per row (packing saves little there).
+Left alone, with the reason (`edgec compile --explain`): tables with a row of more than two
+values, or not symmetric around 0; Gather on an axis other than 0; tables smaller than 64
+entries per row (packing saves little there).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from edgec.passes.base import EdgecPass
 from edgec.passes.binarize_linear import two_level
 from edgec.passes.binary_codes import ConstantEvaluator
 
+RULE = "binary_gather"
+
 
 class BinarizeEmbedding(EdgecPass):
     name = "binarize_embedding"
@@ -40,12 +43,16 @@ class BinarizeEmbedding(EdgecPass):
             if not is_op(node, "Gather") or node.attributes.get_int("axis", 0) != 0:
                 continue
             table = evaluate(node.inputs[0])
-            if table is None or table.ndim != 2 or table.shape[1] < WORD_BITS:
-                continue
-            if not np.issubdtype(table.dtype, np.floating):
+            if table is None or table.ndim != 2 or not np.issubdtype(table.dtype, np.floating):
                 continue
             levels = two_level(table)
             if levels is None:
+                why = "a row of the table takes more than two values, or two that are not +-s"
+                self.left_alone(RULE, [node], why)
+                continue
+            if table.shape[1] < WORD_BITS:
+                why = f"rows of {table.shape[1]} entries, under {WORD_BITS}: packing saves little"
+                self.left_alone(RULE, [node], why)
                 continue
             bits, scale = levels
             graph = model.graph
@@ -66,5 +73,5 @@ class BinarizeEmbedding(EdgecPass):
             binary.outputs[0].dtype = ir.DataType.FLOAT
             ensure_function(model, "BinaryGather")
             bypass(node, binary.outputs[0])
-            count += 1
+            count += self.fired(RULE, [node])
         return count

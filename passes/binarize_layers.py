@@ -68,26 +68,34 @@ class _Layer:
     kind: str
 
 
-def _linear(node: ir.Node) -> _Layer | None:
-    """The layer `node` starts, with its weight as (N, K) and its bias, if it is one."""
+def _linear(node: ir.Node) -> _Layer | str | None:
+    """The layer `node` starts, with its weight as (N, K) and its bias; why not, for a Conv or
+    a product with a non-constant weight; None for other ops."""
     dense = dense_params(node)
     if dense is not None:
         w, b, last = dense
         return _Layer(node, last, w.T, np.zeros(w.shape[1]) if b is None else b, "linear")
+    if is_op(node, "MatMul", "Gemm"):
+        return "the product's weight or bias is not a float32 constant (or transA)"
     if not is_op(node, "Conv"):
         return None
     params = weight_bias(node)
     a = node.attributes
-    if params is None or params[0].ndim != 4 or params[0].shape[2:] != (1, 1):
-        return None
+    if params is None:
+        return "the Conv's weight or bias is not a float32 constant"
+    if params[0].ndim != 4 or params[0].shape[2:] != (1, 1):
+        return "a Conv that is not 1x1 (binarized layers are Linear and 1x1 Conv)"
     if a.get_int("group", 1) != 1 or a.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        return None
+        return "a grouped Conv, or one padded by auto_pad"
     if any(s != 1 for s in a.get_ints("strides", [1, 1])) or any(
         p != 0 for p in a.get_ints("pads", [0, 0, 0, 0])
     ):
-        return None
+        return "a 1x1 Conv with a stride or padding"
     w, b = params
     return _Layer(node, node, w[:, :, 0, 0], np.zeros(w.shape[0]) if b is None else b, "conv1x1")
+
+
+RULE = "binarize_layer"
 
 
 class BinarizeLayers(EdgecPass):
@@ -105,7 +113,9 @@ class BinarizeLayers(EdgecPass):
             if node.domain not in ("", "ai.onnx") or not self.pattern.search(layer_name(node)):
                 continue
             layer = _linear(node)
-            if layer is not None and np.issubdtype(layer.weight.dtype, np.floating):
+            if isinstance(layer, str):
+                self.left_alone(RULE, [node], layer)
+            elif layer is not None and np.issubdtype(layer.weight.dtype, np.floating):
                 found.append(layer)
         return found
 
@@ -114,6 +124,7 @@ class BinarizeLayers(EdgecPass):
         if not layers:
             return 0
         for layer, (x, y) in zip(layers, self._samples(model, layers), strict=True):
+            self.fired(RULE, [layer.node])
             self._replace(model, layer, x, y)
         return len(layers)
 

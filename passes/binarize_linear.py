@@ -12,9 +12,10 @@ exactly: an integer sum of +-1, then the same multiply and add.
 
 A Gemm (alpha, beta, C, transB) is read the same way.
 
-Left alone: weights with more than two values in a channel, or two values that are not
-+-s (an offset weight), inputs that are not binarized (weight-only binarization is not a
-bit operation), MatMuls with a constant A, Gemm with transA.
+Left alone, with the reason (`edgec compile --explain`): weights with more than two values
+in a channel, or two values that are not +-s (an offset weight), inputs that are not
+binarized (weight-only binarization is not a bit operation), MatMuls with a constant A, Gemm
+with transA.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def _compact(scale: np.ndarray) -> np.ndarray:
     return scale[:1] if np.all(scale == scale[0]) else scale
 
 
+RULE = "binary_linear"
+
+
 class BinarizeLinear(EdgecPass):
     name = "binarize_linear"
 
@@ -68,36 +72,49 @@ class BinarizeLinear(EdgecPass):
             gemm = is_op(node, "Gemm")
             if not (gemm or is_op(node, "MatMul")) or node.inputs[0] is None:
                 continue
-            if gemm and node.attributes.get_int("transA", 0):
-                continue
-            code = activation_code(node.inputs[0])
-            if code is None:
-                continue
-            w = evaluate(node.inputs[1])
-            if w is None or w.ndim != 2 or not np.issubdtype(w.dtype, np.floating):
-                continue
-            trans_b = gemm and node.attributes.get_int("transB", 0)
-            levels = two_level(w if trans_b else w.T)
-            if levels is None:
-                continue
-            bias = None
-            if gemm:
-                c = evaluate(node.inputs[2]) if len(node.inputs) > 2 else None
-                if len(node.inputs) > 2 and node.inputs[2] is not None and c is None:
-                    continue
-                n = levels[0].shape[0]
-                bias = _channel_const(c, n)
-                if c is not None and bias is None:
-                    continue
-                alpha = node.attributes.get_float("alpha", 1.0)
-                levels = (levels[0], (levels[1] * np.float32(alpha)).astype(np.float32))
-                if bias is not None:
-                    bias = (bias * np.float32(node.attributes.get_float("beta", 1.0))).astype(
-                        np.float32
-                    )
-            self._replace(model, node, code, *levels, evaluate, bias)
-            count += 1
+            found = self._match(node, gemm, evaluate)
+            if isinstance(found, str):
+                self.left_alone(RULE, [node], found)
+            elif found is not None:
+                self._replace(model, node, *found, evaluate)
+                self.fired(RULE, [node])
+                count += 1
         return count
+
+    def _match(
+        self, node: ir.Node, gemm: bool, evaluate: ConstantEvaluator
+    ) -> tuple[ActivationCode, np.ndarray, np.ndarray, np.ndarray | None] | str | None:
+        """(code, bits, scale, Gemm bias) of a binary layer; why not, for a near miss; or None
+        for a product that is no candidate (an unbinarized input; with explain, the ones
+        whose weight is two-level are near misses, found at the cost of reading the weight)."""
+        code = activation_code(node.inputs[0])  # type: ignore[arg-type]
+        if code is None and not self.explain:
+            return None
+        if gemm and node.attributes.get_int("transA", 0):
+            return None if code is None else "the Gemm transposes its input (transA)"
+        w = evaluate(node.inputs[1])
+        if w is None or w.ndim != 2 or not np.issubdtype(w.dtype, np.floating):
+            return None if code is None else "the weight is not a 2-D floating-point constant"
+        trans_b = gemm and node.attributes.get_int("transB", 0)
+        levels = two_level(w if trans_b else w.T)
+        if code is None:
+            weight_only = "two-level weights but an input that is not binarized: not a bit op"
+            return None if levels is None else weight_only
+        if levels is None:
+            return "a weight channel takes more than two values, or two that are not +-s"
+        if not gemm:
+            return code, *levels, None
+        c = evaluate(node.inputs[2]) if len(node.inputs) > 2 else None
+        if len(node.inputs) > 2 and node.inputs[2] is not None and c is None:
+            return "the Gemm's bias is not a constant"
+        bias = _channel_const(c, levels[0].shape[0])
+        if c is not None and bias is None:
+            return "the Gemm's bias does not act per output channel"
+        alpha = node.attributes.get_float("alpha", 1.0)
+        scale = (levels[1] * np.float32(alpha)).astype(np.float32)
+        if bias is not None:
+            bias = (bias * np.float32(node.attributes.get_float("beta", 1.0))).astype(np.float32)
+        return code, levels[0], scale, bias
 
     def _replace(
         self,
@@ -106,8 +123,8 @@ class BinarizeLinear(EdgecPass):
         code: ActivationCode,
         bits: np.ndarray,
         scale: np.ndarray,
-        evaluate: ConstantEvaluator,
         gemm_bias: np.ndarray | None,
+        evaluate: ConstantEvaluator,
     ) -> None:
         n, k = bits.shape
         bias = np.zeros(n, np.float32) if gemm_bias is None else gemm_bias

@@ -8,8 +8,8 @@ read from the operands and kept as the op's attributes; data movement between a 
 and the product (the heads' Transpose, BiViT's unbind) is replayed on the float operand. An
 offset is not fused here (the Add stays in the graph).
 
-Left alone: operands of different ranks or batch shapes (no broadcasting), dynamic shapes,
-products where only one side is binarized.
+Left alone, with the reason (`edgec compile --explain`): operands of different ranks or batch
+shapes (no broadcasting), dynamic shapes, products where only one side is binarized.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ def _static(value: ir.Value) -> list[int] | None:
     return [int(d) for d in value.shape]
 
 
+RULE = "binary_matmul"
+
+
 class BinarizeMatmul(EdgecPass):
     name = "binarize_matmul"
 
@@ -40,13 +43,18 @@ class BinarizeMatmul(EdgecPass):
                 continue
             a, b = node.inputs[0], node.inputs[1]
             assert a is not None and b is not None
-            sa, sb = _static(a), _static(b)
-            if sa is None or sb is None or len(sa) != len(sb) or len(sa) < 2:
-                continue
-            if sa[:-2] != sb[:-2]:
-                continue
             code_a, code_b = activation_code(a), activation_code(b)
             if code_a is None or code_b is None:
+                if code_a is not None or code_b is not None:
+                    self.left_alone(RULE, [node], "only one operand is binarized")
+                continue
+            sa, sb = _static(a), _static(b)
+            if sa is None or sb is None:
+                self.left_alone(RULE, [node], "an operand's shape is not static")
+                continue
+            if len(sa) != len(sb) or len(sa) < 2 or sa[:-2] != sb[:-2]:
+                why = "the operands' ranks or batch shapes differ (no broadcasting)"
+                self.left_alone(RULE, [node], why)
                 continue
             binary = ir.Node(
                 DOMAIN,
@@ -69,5 +77,5 @@ class BinarizeMatmul(EdgecPass):
             bypass(node, binary.outputs[0])
             drop_dead(code_a)
             drop_dead(code_b)
-            count += 1
+            count += self.fired(RULE, [node])
         return count

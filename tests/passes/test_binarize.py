@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from edgec.core.binary_ops import DOMAIN, unpack_bits
+from edgec.passes.binarize_embedding import BinarizeEmbedding
 from edgec.passes.binarize_layers import BinarizeLayers
 from edgec.passes.binarize_linear import BinarizeLinear
 from edgec.passes.binarize_matmul import BinarizeMatmul
-from tests.passes.graphs import Graph, apply, check, ops
+from tests.passes.graphs import Graph, apply, check, explain, ops, reasons
 
 OPSET = 17  # the bodies work from opset 13 on
 
@@ -58,7 +59,14 @@ def test_step_form_with_per_channel_levels() -> None:
     check(before, after, tol=1e-6)  # s applied after the sum: rounding only
 
 
-@pytest.mark.parametrize("case", ["three_levels", "float_input", "offset_weight"])
+LEFT_ALONE = {
+    "three_levels": "a weight channel takes more than two values, or two that are not +-s",
+    "offset_weight": "a weight channel takes more than two values, or two that are not +-s",
+    "float_input": "two-level weights but an input that is not binarized: not a bit op",
+}
+
+
+@pytest.mark.parametrize("case", sorted(LEFT_ALONE))
 def test_linear_left_alone(case: str) -> None:
     g = Graph((2, 16), seed=2)
     w = _signs(g, 16, 8)
@@ -68,8 +76,9 @@ def test_linear_left_alone(case: str) -> None:
         w = w + 0.5  # two values per channel, but not +-s
     x = "x" if case == "float_input" else _sign_code(g, "x")
     before = g.model(g.op("MatMul", x, g.const(w)), opset=OPSET)
-    after, n = apply(BinarizeLinear(), before)
-    assert n == 0 and "BinaryLinear" not in ops(after)
+    after, seen = explain(BinarizeLinear(), before)
+    assert "BinaryLinear" not in ops(after)
+    assert reasons(seen, "binary_linear") == [LEFT_ALONE[case]]
 
 
 def test_binary_matmul_reads_codes_through_transposes() -> None:
@@ -88,8 +97,21 @@ def test_binary_matmul_reads_codes_through_transposes() -> None:
 def test_binary_matmul_needs_both_sides() -> None:
     g = Graph((2, 6, 16), seed=4)
     out = g.op("MatMul", _sign_code(g, "x"), g.op("Transpose", "x", perm=[0, 2, 1]))
-    after, n = apply(BinarizeMatmul(), g.model(out, opset=OPSET))
-    assert n == 0 and ops(after).count("MatMul") == 1
+    after, seen = explain(BinarizeMatmul(), g.model(out, opset=OPSET))
+    assert ops(after).count("MatMul") == 1
+    assert reasons(seen, "binary_matmul") == ["only one operand is binarized"]
+
+
+def test_binary_matmul_needs_one_batch_shape() -> None:
+    """Both sides binarized, but B broadcasts over A's batch: the kernel does not."""
+    g = Graph((2, 6, 16), seed=4)
+    b = g.op("Transpose", _sign_code(g, g.op("ReduceMean", "x", axes=[0], keepdims=0)))
+    out = g.op("MatMul", _sign_code(g, "x", offset=False), b)
+    after, seen = explain(BinarizeMatmul(), g.model(out, opset=OPSET))
+    assert ops(after).count("MatMul") == 1
+    assert reasons(seen, "binary_matmul") == [
+        "the operands' ranks or batch shapes differ (no broadcasting)"
+    ]
 
 
 def test_post_training_binarization_reports_each_layer() -> None:
@@ -106,8 +128,12 @@ def test_post_training_binarization_reports_each_layer() -> None:
 
     feeds = random_inputs(input_specs(ir.serde.deserialize_model(before)), seed=0)
     binarizer = BinarizeLayers(r".*", feeds)
-    after, n = apply(binarizer, before)
-    assert n == 2 and ops(after).count("BinaryLinear") == 2 and ops(after).count("Conv") == 1
+    after, seen = explain(binarizer, before)
+    assert ops(after).count("BinaryLinear") == 2 and ops(after).count("Conv") == 1
+    assert [c.fired for c in seen] == [False, True, True]
+    assert reasons(seen, "binarize_layer") == [
+        "a Conv that is not 1x1 (binarized layers are Linear and 1x1 Conv)"
+    ]
     assert [la.kind for la in binarizer.layers] == ["conv1x1", "linear"]
     for layer in binarizer.layers:  # a binarized layer is an approximation, not a copy
         assert 0.01 < layer.max_rel_error < 2.0
@@ -131,3 +157,32 @@ def test_post_training_binarization_follows_the_pattern() -> None:
     assert n == 0 and ops(after) == ["Gemm"]
     after, n = apply(BinarizeLayers(rf"^n_{y}$", feeds), before)
     assert n == 1 and ops(after) == ["BinaryLinear"]
+
+
+def _lookup(g: Graph, table: np.ndarray) -> str:
+    ids = g.const(np.array([[0, 3, 1]], dtype=np.int64))
+    return g.op("Gather", g.const(table), ids)
+
+
+def test_two_level_table_becomes_a_binary_gather() -> None:
+    g = Graph((1,), seed=7)
+    table = _signs(g, 5, 64) * (g.rng.random((5, 1)) + 0.5).astype(np.float32)
+    before = g.model(g.op("Add", _lookup(g, table), "x"), opset=OPSET)
+    after, seen = explain(BinarizeEmbedding(), before)
+    assert ops(after) == ["BinaryGather", "Add"] and [c.fired for c in seen] == [True]
+    assert check(before, after, tol=0.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("width", "offset", "why"),
+    [
+        (32, 0.0, "rows of 32 entries, under 64: packing saves little"),
+        (64, 0.5, "a row of the table takes more than two values, or two that are not +-s"),
+    ],
+)
+def test_table_left_alone(width: int, offset: float, why: str) -> None:
+    g = Graph((1,), seed=7)
+    table = _signs(g, 5, width) + np.float32(offset)
+    before = g.model(g.op("Add", _lookup(g, table), "x"), opset=OPSET)
+    after, seen = explain(BinarizeEmbedding(), before)
+    assert ops(after) == ["Gather", "Add"] and reasons(seen, "binary_gather") == [why]
