@@ -1,9 +1,7 @@
-"""Tensor specs: what a model's input or output is (`TensorSpec`: name, shape with static
-sizes or dynamic-axis names, numpy dtype, kind), and what a user asked an input to be
-(`InputSpec`: a static shape, and a dtype or None for "as declared").
-
-Two types for now: a requested shape has no name of its own and may leave the dtype open.
-Needs only numpy.
+"""Tensor specs: what a model's input or output is (name, shape with static sizes or
+dynamic-axis names, numpy dtype, kind), and what a user asked an input to be
+(`TensorSpec.requested`: a static shape, and a dtype or None for "as declared"). One type for
+both. Needs only numpy.
 """
 
 from __future__ import annotations
@@ -26,17 +24,25 @@ class TensorSpec:
     `kind` is "tensor", or for ONNX's other value types "sequence" (a list of tensors of
     `dtype`), "optional" (a tensor or None) or "optional_sequence" (a list or None); their
     element shapes are not fixed and `shape` is empty.
+
+    A requested spec (`requested`) may leave `dtype` None: as the model declares it. Its name
+    is the key it is given under ("" for a model's only input).
     """
 
     name: str
     shape: tuple[Dim, ...]
-    dtype: str
+    dtype: str | None
     kind: str = "tensor"
+
+    @classmethod
+    def requested(cls, shape: Shape, dtype: str | None = None) -> TensorSpec:
+        """A static input shape (and dtype, None for "as declared") that a user asked for."""
+        return cls("", tuple(shape), dtype)
 
     def describe(self) -> str:
         if self.kind != "tensor":
             return f"{self.kind.replace('_', ' ')} of {self.dtype} tensors"
-        return "(" + ", ".join(str(d) for d in self.shape) + f") {self.dtype}"
+        return "(" + ", ".join(str(d) for d in self.shape) + f") {self.dtype or 'any dtype'}"
 
     def coerce(self, value: Any, role: str = "input") -> Any:
         """`value` as this spec's kind (arrays for tensors); InputError if it does not fit."""
@@ -68,7 +74,7 @@ class TensorSpec:
 
     def check(self, value: np.ndarray, role: str = "input") -> None:
         """Raise InputError naming this tensor if `value` has the wrong dtype or shape."""
-        if str(value.dtype) != self.dtype:
+        if self.dtype is not None and str(value.dtype) != self.dtype:
             raise InputError(f"{role} '{self.name}' has dtype {value.dtype}; expected {self.dtype}")
         shape_ok = len(value.shape) == len(self.shape) and all(
             isinstance(d, str) or d == s for d, s in zip(self.shape, value.shape, strict=True)
@@ -87,11 +93,3 @@ class TensorSpec:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TensorSpec:
         return cls(d["name"], tuple(d["shape"]), d["dtype"], d.get("kind", "tensor"))
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """A static input shape (and dtype) the user asked for, by input name."""
-
-    shape: Shape
-    dtype: str | None = None  # None: as the model declares it (float32 for a torch module)

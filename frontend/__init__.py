@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from edgec.core.errors import InputError, ModelFormatError, OptionError, SourceError
 from edgec.core.irutil import graph_inputs, input_specs, ort_failure, ort_session, run_onnx
-from edgec.core.specs import InputSpec
+from edgec.core.specs import TensorSpec
 from edgec.frontend.sources import classify, normalize_input_shapes, parse_dynamic_axis
 from edgec.runtime.compare import rel_error
 
@@ -93,13 +93,13 @@ def prepare(
 
         info = models.get_info(label)
         module = models.create(label, **{"seed": seed, **(model_options or {})})
-        merged: dict[str | None, InputSpec] = dict(info.inputs)
+        merged: dict[str | None, TensorSpec] = dict(info.inputs)
         if None in shapes:
             shapes = {next(iter(info.inputs)): shapes[None]}
         for name, spec in shapes.items():  # a shape without a dtype keeps the model's dtype
             declared = info.inputs.get(name)
             dtype = spec.dtype or (declared.dtype if declared is not None else None)
-            merged[name] = InputSpec(spec.shape, dtype)
+            merged[name] = TensorSpec.requested(spec.shape, dtype)
         prepared = _prepare_torch(
             module, label, inputs, example_inputs, merged, axes, seed, reference
         )
@@ -116,7 +116,7 @@ def _prepare_object(
     kind: str,
     inputs: Mapping[str, Any] | None,
     example_inputs: tuple[Any, ...] | None,
-    shapes: dict[str | None, InputSpec],
+    shapes: dict[str | None, TensorSpec],
     axes: list[tuple[str, int, str]],
     seed: int,
     reference: bool,
@@ -189,7 +189,7 @@ def _prepare_torch(
     label: str,
     inputs: Mapping[str, Any] | None,
     example_inputs: tuple[Any, ...] | None,
-    shapes: dict[str | None, InputSpec],
+    shapes: dict[str | None, TensorSpec],
     axes: list[tuple[str, int, str]],
     seed: int,
     reference: bool,
@@ -259,7 +259,7 @@ def _prepare_onnx(
     label: str,
     inputs: Mapping[str, Any] | None,
     example_inputs: tuple[Any, ...] | None,
-    shapes: dict[str | None, InputSpec],
+    shapes: dict[str | None, TensorSpec],
     axes: list[tuple[str, int, str]],
     seed: int,
     reference: bool,

@@ -20,7 +20,7 @@ from edgec.core.errors import (
     UnsupportedOpError,
     UnsupportedTypeError,
 )
-from edgec.core.specs import InputSpec
+from edgec.core.specs import TensorSpec
 
 # Domains whose ops some back end implements outside the ONNX standard.
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.edgec"}
@@ -201,7 +201,7 @@ def check_ops(model: ir.Model, label: str) -> None:
 
 def set_input_shapes(
     model: ir.Model,
-    shapes: dict[str | None, InputSpec],
+    shapes: dict[str | None, TensorSpec],
     dynamic_axes: list[tuple[str, int, str]],
 ) -> None:
     """Fix input shapes from --input-shape, and mark --dynamic-axis axes symbolic."""

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edgec.core.errors import OptionError, SourceError
-from edgec.core.specs import InputSpec
+from edgec.core.specs import TensorSpec
 
 _DTYPES = (
     "float32",
@@ -45,7 +45,7 @@ _DTYPES = (
 )
 
 
-def parse_input_shape(text: str) -> tuple[str | None, InputSpec]:
+def parse_input_shape(text: str) -> tuple[str | None, TensorSpec]:
     """`x=1x3x224x224`, `ids=1x128:int64`, `n=scalar:int64` (rank 0) or a bare `1x3x224x224`
     (for a single input)."""
     m = re.fullmatch(r"(?:([A-Za-z_][\w.]*)=)?(scalar|\d+(?:x\d+)*)(?::(\w+))?", text.strip())
@@ -58,7 +58,7 @@ def parse_input_shape(text: str) -> tuple[str | None, InputSpec]:
     if dtype is not None and dtype not in _DTYPES:
         raise OptionError(f"input shape '{text}': unknown dtype '{dtype}' ({', '.join(_DTYPES)})")
     shape = () if dims == "scalar" else tuple(int(d) for d in dims.split("x"))
-    return name, InputSpec(shape, dtype)
+    return name, TensorSpec.requested(shape, dtype)
 
 
 def parse_dynamic_axis(text: str) -> tuple[str, int, str]:
@@ -72,8 +72,8 @@ def parse_dynamic_axis(text: str) -> tuple[str, int, str]:
 
 def normalize_input_shapes(
     shapes: dict[str, Any] | list[str] | tuple[str, ...] | None,
-) -> dict[str | None, InputSpec]:
-    """Accept CLI strings, or a dict name -> shape tuple | InputSpec | string."""
+) -> dict[str | None, TensorSpec]:
+    """Accept CLI strings, or a dict name -> shape tuple | TensorSpec | string."""
     if not shapes:
         return {}
     if isinstance(shapes, (list, tuple)):
@@ -81,14 +81,14 @@ def normalize_input_shapes(
         if len(parsed) > 1 and any(name is None for name, _ in parsed):
             raise OptionError("with several --input-shape options, name each: NAME=DxDx...")
         return dict(parsed)
-    out: dict[str | None, InputSpec] = {}
+    out: dict[str | None, TensorSpec] = {}
     for name, value in shapes.items():
-        if isinstance(value, InputSpec):
+        if isinstance(value, TensorSpec):
             out[name] = value
         elif isinstance(value, str):
             out[name] = parse_input_shape(value)[1]
         else:
-            out[name] = InputSpec(tuple(int(d) for d in value))
+            out[name] = TensorSpec.requested(tuple(int(d) for d in value))
     return out
 
 

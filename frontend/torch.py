@@ -21,7 +21,7 @@ import onnx_ir as ir
 import torch
 
 from edgec.core.errors import OptionError, SourceError
-from edgec.core.specs import InputSpec
+from edgec.core.specs import TensorSpec
 
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def forward_input_names(module: torch.nn.Module) -> list[str]:
 
 
 def example_tensors(
-    module: torch.nn.Module, specs: dict[str | None, InputSpec], seed: int = 0
+    module: torch.nn.Module, specs: dict[str | None, TensorSpec], seed: int = 0
 ) -> tuple[torch.Tensor, ...]:
     """Deterministic example inputs for `forward` from named (or a single unnamed) shapes."""
     names = forward_input_names(module)

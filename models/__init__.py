@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from edgec.core.specs import InputSpec
+from edgec.core.specs import TensorSpec
 from edgec.models import binary, ecoformer, fmvit, slab, slab_pvt, slab_swin, tinyvit, vanillanet
 from edgec.models.init import calibrate_batchnorm, randomize_affine
 from edgec.models.registry import ModelInfo, get_info, list_models, register
@@ -32,8 +32,8 @@ __all__ = [
     "list_models",
 ]
 
-_IMAGE = {"x": InputSpec((1, 3, 224, 224), "float32")}
-_TOKENS = {"input_ids": InputSpec((1, 128), "int64")}
+_IMAGE = {"x": TensorSpec.requested((1, 3, 224, 224), "float32")}
+_TOKENS = {"input_ids": TensorSpec.requested((1, 128), "int64")}
 
 _PAPERS = {
     "VanillaNet": "VanillaNet: the Power of Minimalism in Deep Learning (NeurIPS 2023)",
@@ -52,7 +52,7 @@ def _add(
     family: str,
     build: Callable[..., nn.Module],
     description: str,
-    inputs: dict[str | None, InputSpec] | None = None,
+    inputs: dict[str | None, TensorSpec] | None = None,
     **defaults: object,
 ) -> None:
     register(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from edgec.core.errors import SourceError
-from edgec.core.specs import InputSpec
+from edgec.core.specs import TensorSpec
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class ModelInfo:
     name: str
     family: str
     build: Callable[..., nn.Module]
-    inputs: dict[str | None, InputSpec]
+    inputs: dict[str | None, TensorSpec]
     description: str
     paper: str
     defaults: dict[str, object] = field(default_factory=dict)

@@ -16,7 +16,7 @@ import torch
 import edgec
 from edgec import frontend
 from edgec.core.errors import ModelFormatError, OptionError, SourceError, UnsupportedOpError
-from edgec.core.specs import InputSpec
+from edgec.core.specs import TensorSpec
 from edgec.frontend import load, prepare
 from edgec.frontend.sources import parse_dynamic_axis, parse_input_shape
 from edgec.runtime.compare import rel_error
@@ -35,12 +35,12 @@ def eager(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     ("text", "name", "spec"),
     [
-        ("x=1x3x224x224", "x", InputSpec((1, 3, 224, 224))),
-        ("1x3x8x8", None, InputSpec((1, 3, 8, 8))),
-        ("ids=2x128:int64", "ids", InputSpec((2, 128), "int64")),
+        ("x=1x3x224x224", "x", TensorSpec.requested((1, 3, 224, 224))),
+        ("1x3x8x8", None, TensorSpec.requested((1, 3, 8, 8))),
+        ("ids=2x128:int64", "ids", TensorSpec.requested((2, 128), "int64")),
     ],
 )
-def test_parse_input_shape(text: str, name: str | None, spec: InputSpec) -> None:
+def test_parse_input_shape(text: str, name: str | None, spec: TensorSpec) -> None:
     assert parse_input_shape(text) == (name, spec)
 
 
