@@ -10,8 +10,6 @@ import onnx_ir as ir
 
 from edgec.core.irutil import initializer
 
-STANDARD = ("", "ai.onnx")
-
 
 def live_nodes(model: ir.Model) -> Iterator[ir.Node]:
     """The graph's nodes, skipping any that an earlier rewrite in the same walk removed."""
@@ -26,7 +24,7 @@ def layer_name(node: ir.Node, default: str = "") -> str:
 
 
 def is_op(node: ir.Node | None, *op_types: str) -> bool:
-    return node is not None and node.domain in STANDARD and node.op_type in op_types
+    return node is not None and node.domain in ("", "ai.onnx") and node.op_type in op_types
 
 
 def const(value: ir.Value | None) -> np.ndarray | None:
@@ -135,36 +133,17 @@ def conv_params(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None] | None:
     return weight_bias(node)
 
 
-def gemm_params(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None, float, float, bool] | None:
-    """(B as stored, C or None, alpha, beta, transB) of a Gemm with constant B and C."""
-    params = weight_bias(node) if is_op(node, "Gemm") else None
-    if params is None:
-        return None
-    a = node.attributes
-    return (
-        *params,
-        a.get_float("alpha", 1.0),
-        a.get_float("beta", 1.0),
-        bool(a.get_int("transB", 0)),
-    )
-
-
-def set_gemm(node: ir.Node, b: np.ndarray, c: np.ndarray) -> None:
-    """Give a Gemm new constants B and C, with the scales alpha and beta folded into them."""
-    set_const_input(node, 1, as_f32(b), "weight")
-    set_const_input(node, 2, as_f32(c), "bias")
-    node.attributes["alpha"] = ir.AttrFloat32("alpha", 1.0)
-    node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
-
-
 def dense_params(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None, ir.Node] | None:
     """(W (K, N), b or None, last node) of x W + b on the last axis: MatMul(+Add) or Gemm."""
-    gemm = gemm_params(node)
+    gemm = weight_bias(node) if is_op(node, "Gemm") else None
     if gemm is not None:
-        w, c, alpha, beta, trans_b = gemm
-        if node.attributes.get_int("transA", 0) or (c is not None and c.ndim > 1):
+        w, c = gemm
+        a = node.attributes
+        if a.get_int("transA", 0) or (c is not None and c.ndim > 1):
             return None
-        return alpha * (w.T if trans_b else w), None if c is None else beta * c, node
+        alpha, beta = a.get_float("alpha", 1.0), a.get_float("beta", 1.0)
+        w = w.T if a.get_int("transB", 0) else w
+        return alpha * w, None if c is None else beta * c, node
     if is_op(node, "MatMul") and len(node.inputs) == 2:
         w = f32(node.inputs[1])
         if w is None or w.ndim != 2:
