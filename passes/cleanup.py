@@ -90,19 +90,24 @@ class DropIdentityNodes(EdgecPass):
         fired = 0
         for graph in graphs:
             for node in list(ir.traversal.RecursiveGraphIterator(graph)):
-                fired += _drop_identity(node)
+                done = _drop_identity(node)
+                if isinstance(done, str):
+                    self.left_alone("identity_node", [node], done)
+                elif done:
+                    fired += self.fired("identity_node", [node])
         return fired
 
 
-def _drop_identity(node: ir.Node) -> int:
+def _drop_identity(node: ir.Node) -> bool | str:
+    """True if dropped; why not, for an Identity left in place; False for other nodes."""
     if node.op_type != "Identity" or node.domain not in ("", "ai.onnx"):
-        return 0
+        return False
     if len(node.inputs) != 1 or len(node.outputs) != 1 or node.inputs[0] is None:
-        return 0
+        return False
     x, y = node.inputs[0], node.outputs[0]
     graph = node.graph
     if graph is None:
-        return 0
+        return False
     if y.is_graph_output() or y in graph.outputs:
         producer = x.producer()
         if (
@@ -112,7 +117,10 @@ def _drop_identity(node: ir.Node) -> int:
             or x.is_graph_output()
             or x in graph.outputs
         ):
-            return 0
+            return (
+                "it returns a graph input, an initializer, another output or an outer value"
+                " as an output of its graph"
+            )
         if x.type is None:
             x.type = y.type
         if x.shape is None:
@@ -122,7 +130,7 @@ def _drop_identity(node: ir.Node) -> int:
     else:
         ir.convenience.replace_all_uses_with(y, x)
     graph.remove(node, safe=True)
-    return 1
+    return True
 
 
 def _more_known(new: ir.Shape | None, old: ir.Shape | None) -> bool:

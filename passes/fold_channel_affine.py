@@ -14,31 +14,27 @@ The affine must run along the linear op's channel axis (axis 1 for Conv, the las
 MatMul/Gemm); scalars fold too. This is how RepBN, once `fold_repbn` has made it one affine,
 disappears into the Linear after it, and how an affine left by other folds joins its conv.
 
-One walk (`affine_into_linear`). Left alone, with the reason (`edgec compile --explain`): an
-affine on another axis, a shift before a padded conv, constants shaped to
-broadcast the tensor larger, and ops whose output has other readers.
+One rule per linear op and direction, each for Mul, Add and Sub (constant on either side of
+Mul and Add): `affine_into_conv`, `affine_into_matmul` (a scale: a shift after a bare MatMul
+is its bias already), `affine_into_biased_matmul`, and forwards `affine_into_next_conv`,
+`affine_into_next_matmul`, `affine_into_next_biased_matmul`. An affine node is tried
+backwards first: it is the root of those patterns, and the graph is walked in order. Left
+alone, with the reason (`edgec compile --explain`): an affine on another axis, a shift before
+a padded conv, constants shaped to broadcast the tensor larger, and ops whose output has
+other readers (the matcher's reason).
 """
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 import numpy as np
 import onnx_ir as ir
+from onnxscript.rewriter._basics import MatchResult
 
-from edgec.passes._ir import (
-    as_f32,
-    bypass,
-    const,
-    conv_params,
-    dense_params,
-    f32,
-    initializer,
-    is_op,
-    live_nodes,
-    only_consumer,
-    other_slot,
-    set_const_input,
-)
-from edgec.passes.base import EdgecPass
+from edgec.passes._ir import as_f32, const, conv_params, dense_params, f32, is_op
+from edgec.passes.rules import Rule, RulePass
 
 
 def channel_vector(c: np.ndarray, rank: int) -> tuple[int | None, np.ndarray] | None:
@@ -81,142 +77,323 @@ def _fits(axis: int | None, want: int, rank: int, size: int, vec: np.ndarray) ->
     return vec
 
 
-RULE = "affine_into_linear"
-Outcome = bool | str  # True: folded; a string: why not; False: no linear op there to try
+Step = tuple[ir.Value, int | None, np.ndarray, str]
 
 
-def _backward(node: ir.Node, x: ir.Value, axis: int | None, vec: np.ndarray, kind: str) -> Outcome:
-    op = x.producer()
-    if op is None:
-        return False
-    rank = len(x.shape or ())
-    if is_op(op, "Conv"):
-        if only_consumer(x) is not node:
-            return "the Conv's output is read elsewhere too"
-        p = conv_params(op)
-        if p is None:
+def _const(op: Any, array: np.ndarray, like: ir.Value | None, role: str) -> ir.Value:
+    name = f"{like.name}_affine" if like is not None and like.name else f"affine_{role}"
+    return op.initializer(ir.tensor(as_f32(array)), name=name)
+
+
+def _bias_slot(add: ir.Node, product: ir.Value) -> int:
+    """The input of a bias Add that is not the product (either side)."""
+    return 1 if add.inputs[0] is product else 0
+
+
+class _Affine(Rule):
+    """A rule for one affine op (`affine`: Mul, Add or Sub by a per-channel constant) next to a
+    linear op. The pattern binds the affine's output as `a`; `step` reads it (`affine_step`).
+    Subclasses: `linear_pattern`, `why_not` (a reason, or None when it folds), `folded`."""
+
+    def __init__(self, affine: str) -> None:
+        super().__init__()
+        self.affine = affine
+
+    def affine_of(self, op: Any, t: ir.Value, c: ir.Value) -> ir.Value:
+        return getattr(op, self.affine)(t, c, _outputs=["a"])
+
+    def step_or_why(self, a: ir.Value, t: ir.Value) -> MatchResult | Step:
+        """The affine that made `a`, with `t` its tensor; or a failed check: not an affine by
+        a constant at all, or the commuted variant whose `t` is the constant (both silent), or
+        a constant that does not vary along one axis (a near miss, with its reason)."""
+        step = self.step(a, t)
+        if step is not None:
+            return step
+        node = a.producer()
+        c = [f32(v) for v in node.inputs if v is not t] if node is not None else []
+        known = len(c) == 1 and c[0] is not None and t.shape is not None and const(t) is None
+        if known and channel_vector(c[0], len(t.shape)) is None:  # type: ignore[arg-type]
+            return self.fail("the constant varies along more than one axis, or broadcasts x")
+        return self.skip()
+
+    def step(self, a: ir.Value, t: ir.Value) -> Step | None:
+        """The affine that made `a`, if it is one by a constant and `t` is its tensor."""
+        node = a.producer()
+        found = affine_step(node) if node is not None else None
+        return found if found is not None and found[0] is t else None
+
+
+class _Backward(_Affine):
+    """affine(linear(x)) -> linear'(x): the affine is the pattern's root."""
+
+    def pattern(self, op: Any, x: ir.Value, c: ir.Value, b: ir.Value) -> ir.Value:
+        return self.affine_of(op, self.linear_pattern(op, x, b), c)
+
+    def linear_pattern(self, op: Any, x: ir.Value, b: ir.Value) -> ir.Value:
+        """The linear op's pattern on x, its output named `y` (`b`: a bias, where added)."""
+        raise NotImplementedError
+
+    def check(self, context: Any, x: ir.Value, y: ir.Value, a: ir.Value, **_: Any) -> MatchResult:
+        step = self.step_or_why(a, y)
+        if isinstance(step, MatchResult):
+            return step
+        why = self.why_not(y, step)
+        return self.fail(why) if why else self.ok()
+
+    def why_not(self, y: ir.Value, step: Step) -> str | None:
+        raise NotImplementedError
+
+    def rewrite(self, op: Any, x: ir.Value, y: ir.Value, a: ir.Value, **_: Any) -> ir.Value:
+        return self.folded(op, x, y, self.step(a, y))  # type: ignore[arg-type]
+
+    def folded(self, op: Any, x: ir.Value, y: ir.Value, step: Step) -> ir.Value:
+        raise NotImplementedError
+
+
+class AffineIntoConv(_Backward):
+    """a * conv(x, W, c) + b = conv(x, W * a[o], c * a + b)."""
+
+    name = "affine_into_conv"
+
+    def linear_pattern(self, op: Any, x: ir.Value, b: ir.Value) -> ir.Value:
+        return op.Conv(x, _allow_other_inputs=True, _outputs=["y"])
+
+    def why_not(self, y: ir.Value, step: Step) -> str | None:
+        params = conv_params(y.producer())  # type: ignore[arg-type]
+        if params is None:
             return "the Conv's weight or bias is not a float32 constant, or it uses auto_pad"
-        w, b = p
-        v = _fits(axis, 1, rank, w.shape[0], vec)
-        if v is None:
+        _, axis, vec, _ = step
+        if _fits(axis, 1, len(y.shape or ()), params[0].shape[0], vec) is None:
             return "the affine does not run along the Conv's output channels"
+        return None
+
+    def folded(self, op: Any, x: ir.Value, y: ir.Value, step: Step) -> ir.Value:
+        conv = y.producer()
+        assert conv is not None
+        w, b = conv_params(conv)  # type: ignore[misc]
+        _, axis, vec, kind = step
+        v = _fits(axis, 1, len(y.shape or ()), w.shape[0], vec)
+        assert v is not None
         b = b if b is not None else np.zeros(w.shape[0])
         if kind == "scale":
-            set_const_input(op, 1, as_f32(w * v.reshape(-1, *([1] * (w.ndim - 1)))), "weight")
-            b = b * v
+            w, b = w * v.reshape(-1, *([1] * (w.ndim - 1))), b * v
         else:
             b = b + v
-        set_const_input(op, 2, as_f32(b), "bias")
-        return bypass(node, x)
-    if is_op(op, "MatMul"):  # no bias: a shift is one already; a scale goes into W
-        if kind == "shift":
-            return False
-        w = f32(op.inputs[1])
-        if only_consumer(x) is not node:
-            return "the MatMul's output is read elsewhere too"
+        bias = conv.inputs[2] if len(conv.inputs) > 2 else None
+        weight = _const(op, w, conv.inputs[1], "weight")
+        return op.Conv(x, weight, _const(op, b, bias, "bias"), **conv.attributes)
+
+
+class AffineIntoMatmul(_Backward):
+    """(x W) * a = x (W * a[None, :]). Mul only: a shift after a bare MatMul is its bias."""
+
+    name = "affine_into_matmul"
+
+    def linear_pattern(self, op: Any, x: ir.Value, b: ir.Value) -> ir.Value:
+        return op.MatMul(x, _allow_other_inputs=True, _outputs=["y"])
+
+    def why_not(self, y: ir.Value, step: Step) -> str | None:
+        w = f32(y.producer().inputs[1])  # type: ignore[union-attr]
         if w is None or w.ndim != 2:
             return "the MatMul's weight is not a 2-D float32 constant"
-        v = _fits(axis, -1, rank, w.shape[1], vec)
-        if v is None:
+        _, axis, vec, _ = step
+        if _fits(axis, -1, len(y.shape or ()), w.shape[1], vec) is None:
             return "the affine does not run along the MatMul's last axis"
-        set_const_input(op, 1, as_f32(w.astype(np.float64) * v[None, :]), "weight")
-        return bypass(node, x)
-    if not is_op(op, "Add") or len(op.inputs) != 2:
-        return False
-    mm = next(
-        (v.producer() for v in op.inputs if v is not None and is_op(v.producer(), "MatMul")), None
-    )
-    dense = dense_params(mm) if mm is not None else None
-    if mm is None or dense is None or dense[2] is not op or dense[1] is None:
-        return False
-    if only_consumer(x) is not node:
-        return "the biased MatMul's output is read elsewhere too"
-    w, c, _ = dense
-    v = _fits(axis, -1, rank, w.shape[1], vec)
-    if v is None:
-        return "the affine does not run along the MatMul's last axis"
-    slot = other_slot(op, mm.outputs[0])
-    if kind == "scale":
-        set_const_input(mm, 1, as_f32(w * v[None, :]), "weight")
-        set_const_input(op, slot, as_f32(c * v), "bias")
-    else:
-        set_const_input(op, slot, as_f32(c + v), "bias")
-    return bypass(node, x)
+        return None
+
+    def folded(self, op: Any, x: ir.Value, y: ir.Value, step: Step) -> ir.Value:
+        weight = y.producer().inputs[1]  # type: ignore[union-attr]
+        w = f32(weight).astype(np.float64)  # type: ignore[union-attr]
+        _, axis, vec, _ = step
+        v = _fits(axis, -1, len(y.shape or ()), w.shape[1], vec)
+        return op.MatMul(x, _const(op, w * v[None, :], weight, "weight"))  # type: ignore[index]
 
 
-def _forward(node: ir.Node, x: ir.Value, axis: int | None, vec: np.ndarray, kind: str) -> Outcome:
-    y = node.outputs[0]
-    op = only_consumer(y)
-    if op is None or op.inputs[0] is not y:
-        return False
-    rank = len(x.shape or ())
-    if is_op(op, "Conv"):
-        p = conv_params(op)
-        if p is None:
+class AffineIntoBiasedMatmul(_Backward):
+    """(x W + c) * a + b = x (W * a[None, :]) + (c * a + b)."""
+
+    name = "affine_into_biased_matmul"
+
+    def linear_pattern(self, op: Any, x: ir.Value, b: ir.Value) -> ir.Value:
+        product = op.MatMul(x, _allow_other_inputs=True, _outputs=["p"])
+        return op.Add(product, b, _outputs=["y"])
+
+    def check(self, context: Any, x: ir.Value, p: ir.Value, y: ir.Value, a: ir.Value, **_: Any):
+        return super().check(context, x, y, a)
+
+    def why_not(self, y: ir.Value, step: Step) -> str | None:
+        dense = dense_params(y.producer().inputs[0].producer())  # type: ignore[union-attr,arg-type]
+        if dense is None or dense[1] is None or dense[2] is not y.producer():
+            dense = dense_params(y.producer().inputs[1].producer())  # type: ignore[union-attr,arg-type]
+        if dense is None or dense[1] is None or dense[2] is not y.producer():
+            return "the MatMul's weight or the added bias is not a float32 constant"
+        _, axis, vec, _ = step
+        if _fits(axis, -1, len(y.shape or ()), dense[0].shape[1], vec) is None:
+            return "the affine does not run along the MatMul's last axis"
+        return None
+
+    def rewrite(self, op: Any, x: ir.Value, p: ir.Value, y: ir.Value, a: ir.Value, **_: Any):
+        add, mm = y.producer(), p.producer()
+        assert add is not None and mm is not None
+        w, c, _ = dense_params(mm)  # type: ignore[misc]
+        _, axis, vec, kind = self.step(a, y)  # type: ignore[misc]
+        v = _fits(axis, -1, len(y.shape or ()), w.shape[1], vec)
+        assert v is not None
+        if kind == "scale":
+            w, c = w * v[None, :], c * v
+        else:
+            c = c + v
+        product = op.MatMul(x, _const(op, w, mm.inputs[1], "weight"))
+        product.shape, product.type = p.shape, p.type
+        bias = _const(op, c, add.inputs[1 - _bias_slot(add, p)], "bias")
+        return op.Add(product, bias) if _bias_slot(add, p) else op.Add(bias, product)
+
+
+class _Forward(_Affine):
+    """linear(affine(t)) -> linear'(t): the linear op is the pattern's root."""
+
+    def check(self, context: Any, t: ir.Value, a: ir.Value, z: ir.Value, **_: Any) -> MatchResult:
+        step = self.step_or_why(a, t)
+        if isinstance(step, MatchResult):
+            return step
+        why = self.why_not(t, step, z)
+        return self.fail(why) if why else self.ok()
+
+    def why_not(self, t: ir.Value, step: Step, z: ir.Value) -> str | None:
+        raise NotImplementedError
+
+
+class AffineIntoNextConv(_Forward):
+    """conv(a * t + b, W, c) = conv(t, W * a[i], c + sum_{i,k} W[o, i, k] b[i]) (unpadded, or
+    b = 0; groups 1)."""
+
+    name = "affine_into_next_conv"
+
+    def pattern(self, op: Any, t: ir.Value, c: ir.Value) -> ir.Value:
+        return op.Conv(self.affine_of(op, t, c), _allow_other_inputs=True, _outputs=["z"])
+
+    def why_not(self, t: ir.Value, step: Step, z: ir.Value) -> str | None:
+        conv = z.producer()
+        assert conv is not None
+        params = conv_params(conv)
+        if params is None:
             return "the next Conv's weight or bias is not a float32 constant, or it uses auto_pad"
-        if op.attributes.get_int("group", 1) != 1:
+        if conv.attributes.get_int("group", 1) != 1:
             return "the next Conv is grouped"
-        w, b = p
-        v = _fits(axis, 1, rank, w.shape[1], vec)
+        _, axis, vec, kind = step
+        v = _fits(axis, 1, len(t.shape or ()), params[0].shape[1], vec)
         if v is None:
             return "the affine does not run along the next Conv's input channels"
+        if kind == "shift" and any(conv.attributes.get_ints("pads", [0])) and np.any(v != 0):
+            return "a shift before a padded Conv: padding reads 0, not the shift"
+        return None
+
+    def rewrite(self, op: Any, t: ir.Value, a: ir.Value, z: ir.Value, **_: Any) -> ir.Value:
+        conv = z.producer()
+        assert conv is not None
+        w, b = conv_params(conv)  # type: ignore[misc]
+        _, axis, vec, kind = self.step(a, t)  # type: ignore[misc]
+        v = _fits(axis, 1, len(t.shape or ()), w.shape[1], vec)
+        assert v is not None
         b = b if b is not None else np.zeros(w.shape[0])
         if kind == "scale":
-            set_const_input(op, 1, as_f32(w * v.reshape(1, -1, *([1] * (w.ndim - 2)))), "weight")
+            w = w * v.reshape(1, -1, *([1] * (w.ndim - 2)))
         else:
-            if any(op.attributes.get_ints("pads", [0])) and np.any(v != 0):
-                return "a shift before a padded Conv: padding reads 0, not the shift"
-            set_const_input(op, 2, as_f32(b + w.sum(axis=tuple(range(2, w.ndim))) @ v), "bias")
-        return bypass(node, x)
-    if is_op(op, "MatMul"):
-        dense = dense_params(op)
+            b = b + w.sum(axis=tuple(range(2, w.ndim))) @ v
+        bias = conv.inputs[2] if len(conv.inputs) > 2 else None
+        weight = _const(op, w, conv.inputs[1], "weight")
+        return op.Conv(t, weight, _const(op, b, bias, "bias"), **conv.attributes)
+
+
+class AffineIntoNextMatmul(_Forward):
+    """(a * t + b) W = t (a[:, None] W) + b W: a shift gives the MatMul a bias Add."""
+
+    name = "affine_into_next_matmul"
+
+    def pattern(self, op: Any, t: ir.Value, c: ir.Value) -> ir.Value:
+        return op.MatMul(self.affine_of(op, t, c), _allow_other_inputs=True, _outputs=["z"])
+
+    def check(self, context: Any, t: ir.Value, a: ir.Value, z: ir.Value, **_: Any) -> MatchResult:
+        step, dense = self.step(a, t), dense_params(z.producer())  # type: ignore[arg-type]
+        biased = dense is not None and dense[2] is not z.producer()
+        if step is not None and step[3] == "shift" and biased:  # the biased form takes it
+            return self.unlike("a bias Add follows: affine_into_next_biased_matmul's case")
+        return super().check(context, t, a, z)
+
+    def why_not(self, t: ir.Value, step: Step, z: ir.Value) -> str | None:
+        dense = dense_params(z.producer())  # type: ignore[arg-type]
         if dense is None:
             return "the next MatMul's weight is not a 2-D float32 constant"
-        w, c, end = dense
-        v = _fits(axis, -1, rank, w.shape[0], vec)
-        if v is None:
+        _, axis, vec, kind = step
+        if _fits(axis, -1, len(t.shape or ()), dense[0].shape[0], vec) is None:
             return "the affine does not run along the next MatMul's input features"
-        if kind == "scale":
-            set_const_input(op, 1, as_f32(v[:, None] * w), "weight")
-            return bypass(node, x)
-        shift = v @ w
-        if end is op and op.outputs[0].is_graph_output():
+        if kind == "shift" and z.is_graph_output():
             return "the next MatMul's output is a graph output: a new bias Add would take its place"
-        if end is op:  # no bias yet: add one
-            graph = op.graph
-            assert graph is not None
-            out = op.outputs[0]
-            add = ir.node(
-                "Add", [out, initializer(graph, as_f32(shift), "bias")], name=f"{op.name}+bias"
-            )
-            graph.insert_after(op, add)
-            add.outputs[0].shape, add.outputs[0].type = out.shape, out.type
-            out.replace_all_uses_with(add.outputs[0], replace_graph_outputs=True)
-            add.replace_input_with(0, out)
+        return None
+
+    def rewrite(self, op: Any, t: ir.Value, a: ir.Value, z: ir.Value, **_: Any) -> ir.Value:
+        weight = z.producer().inputs[1]  # type: ignore[union-attr]
+        w = f32(weight).astype(np.float64)  # type: ignore[union-attr]
+        _, axis, vec, kind = self.step(a, t)  # type: ignore[misc]
+        v = _fits(axis, -1, len(t.shape or ()), w.shape[0], vec)
+        assert v is not None
+        if kind == "scale":
+            return op.MatMul(t, _const(op, v[:, None] * w, weight, "weight"))
+        product = op.MatMul(t, weight)
+        product.shape, product.type = z.shape, z.type
+        return op.Add(product, _const(op, v @ w, None, "bias"))
+
+
+class AffineIntoNextBiasedMatmul(_Forward):
+    """(a * t + b) W + c = t (a[:, None] W) + (b W + c)."""
+
+    name = "affine_into_next_biased_matmul"
+
+    def pattern(self, op: Any, t: ir.Value, c: ir.Value, b: ir.Value) -> ir.Value:
+        product = op.MatMul(self.affine_of(op, t, c), _allow_other_inputs=True, _outputs=["p"])
+        return op.Add(product, b, _outputs=["z"])
+
+    def why_not(self, t: ir.Value, step: Step, z: ir.Value) -> str | None:
+        p = z.producer().inputs  # type: ignore[union-attr]
+        mm = next(
+            (v.producer() for v in p if v is not None and is_op(v.producer(), "MatMul")), None
+        )
+        dense = dense_params(mm) if mm is not None else None
+        if dense is None or dense[2] is not z.producer():
+            return "the next MatMul's weight or its added bias is not a float32 constant"
+        _, axis, vec, _ = step
+        if _fits(axis, -1, len(t.shape or ()), dense[0].shape[0], vec) is None:
+            return "the affine does not run along the next MatMul's input features"
+        return None
+
+    def rewrite(self, op: Any, t: ir.Value, a: ir.Value, p: ir.Value, z: ir.Value, **_: Any):
+        add, mm = z.producer(), p.producer()
+        assert add is not None and mm is not None
+        w, c, _ = dense_params(mm)  # type: ignore[misc]
+        _, axis, vec, kind = self.step(a, t)  # type: ignore[misc]
+        v = _fits(axis, -1, len(t.shape or ()), w.shape[0], vec)
+        assert v is not None
+        if kind == "scale":
+            w = v[:, None] * w
         else:
-            slot = other_slot(end, op.outputs[0])
-            set_const_input(end, slot, as_f32(c + shift), "bias")  # type: ignore[operator]
-        return bypass(node, x)
-    return False
+            c = c + v @ w
+        product = op.MatMul(t, _const(op, w, mm.inputs[1], "weight"))
+        product.shape, product.type = p.shape, p.type
+        bias = _const(op, c, add.inputs[1 - _bias_slot(add, p)], "bias")
+        return op.Add(product, bias) if _bias_slot(add, p) else op.Add(bias, product)
 
 
-class FoldChannelAffine(EdgecPass):
-    """A walk (`affine_into_linear`): an affine's neighbours are tried backwards, then
-    forwards, each with its own reason when it cannot take the affine."""
+AFFINES = ("Mul", "Add", "Sub")
 
+
+class FoldChannelAffine(RulePass):
     name = "fold_channel_affine"
-
-    def rewrite(self, model: ir.Model) -> int:
-        fired = 0
-        for node in live_nodes(model):
-            step = affine_step(node)
-            if step is None:
-                continue
-            back = _backward(node, *step)
-            forward = _forward(node, *step) if back is not True else False
-            if back is True or forward is True:
-                fired += self.fired(RULE, [node])
-            elif isinstance(back, str) or isinstance(forward, str):
-                why = "; ".join(r for r in (back, forward) if isinstance(r, str))
-                self.left_alone(RULE, [node], why)
-        return fired
+    rules = (
+        *(partial(AffineIntoConv, a) for a in AFFINES),
+        partial(AffineIntoMatmul, "Mul"),
+        *(partial(AffineIntoBiasedMatmul, a) for a in AFFINES),
+        *(partial(AffineIntoNextConv, a) for a in AFFINES),
+        *(partial(AffineIntoNextMatmul, a) for a in AFFINES),
+        *(partial(AffineIntoNextBiasedMatmul, a) for a in AFFINES),
+    )
+    commuted = True  # the constant of a Mul or Add on either side; a bias on either side

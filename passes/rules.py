@@ -47,30 +47,42 @@ class Rule(RewriteRuleClassBase):
         never a candidate, so it is reported with the near misses (`--explain`) only."""
         return Unlike().fail(reason)
 
+    @staticmethod
+    def skip() -> MatchResult:
+        """Fail a check silently: the match is no candidate at all (a commuted variant of a
+        pattern that bound the operands the other way round)."""
+        return Unlike().fail("")
+
 
 class Unlike(MatchResult):
-    """The result of `Rule.unlike`."""
+    """The result of `Rule.unlike` and `Rule.skip`."""
 
 
 def recorded_rule(
-    rule_class: type[RewriteRuleClassBase],
+    rule_class: Callable[[], RewriteRuleClassBase],
     record: Callable[[Candidate], None],
     near_misses: bool = False,
     dry: bool = False,
+    on_match: Callable[[str, ir.Node], None] | None = None,
 ) -> RewriteRule:
     """`rule_class` as a RewriteRule whose check and rewrite also report to `record` (a check
-    that fails with `Rule.unlike` only with `near_misses`). A `dry` rule builds no replacement:
-    onnxscript builds one even when it only traces, and its nodes, though never inserted,
-    would stay among the uses of the values they read."""
+    that fails with `Rule.unlike` only with `near_misses`), and every root its pattern
+    matched to `on_match`. A `dry` rule builds no replacement: onnxscript builds one even
+    when it only traces, and its nodes, though never inserted, would stay among the uses of
+    the values they read."""
     instance = rule_class()
-    name = str(instance.name or rule_class.__name__)
+    name = str(instance.name or type(instance).__name__)
     matched: list[Sequence[ir.Node]] = []  # what the last successful check saw
+    graphs: list[ir.Graph | ir.Function] = []  # where it saw it
 
     def check(context: Any, **bindings: Any) -> MatchResult | bool:
         result = instance.check(context, **bindings)
+        if on_match is not None:
+            on_match(name, context.root)
         if result:
             matched[:] = [list(reversed(context.nodes))]
-        elif near_misses or not isinstance(result, Unlike):
+            graphs[:] = [context.graph_or_function]
+        elif not isinstance(result, Unlike) or (near_misses and result.reason):
             reason = result.reason if isinstance(result, MatchResult) else ""
             nodes = list(reversed(context.nodes))  # the matcher walks back from the root
             record(candidate(name, nodes, False, reason or "its check failed"))
@@ -79,11 +91,12 @@ def recorded_rule(
     def rewrite(op: Any, **bindings: Any) -> Any:
         if dry:
             return None
-        first = len(op.nodes)
+        first, first_initializer = len(op.nodes), len(op.initializers)
         replacement = instance.rewrite(op, **bindings)
         if matched and replacement is not None:
             nodes = matched.pop()
             _name_like(op.nodes[first:], nodes)
+            _unique(op.initializers[first_initializer:], graphs.pop())
             record(candidate(name, nodes, True))
         return replacement
 
@@ -112,13 +125,26 @@ def _name_like(new: Sequence[ir.Node], matched: Sequence[ir.Node]) -> None:
         node.name = names.pop(node.op_type, None) or suffixed
 
 
+def _unique(new: Sequence[ir.Value], graph: ir.Graph | ir.Function) -> None:
+    """Give a rule's new initializers names no initializer of the graph has: onnxscript
+    registers them by name and overwrites one already there, so that two folds that name
+    their bias alike (`bn_folded_bias`) would leave one layer reading the other's."""
+    taken = set(graph.initializers) if isinstance(graph, ir.Graph) else set()
+    for value in new:
+        base, n = value.name or "folded", 0
+        while value.name is None or value.name in taken:
+            n += 1
+            value.name = f"{base}_{n}"
+        taken.add(value.name)
+
+
 class _NearMisses(MatchingTracer):
     """Every place a pattern matched two or more nodes and then stopped (the reason is the
     matcher's: an op that differs, a value read outside the pattern)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.found: list[Candidate] = []
+        self.found: dict[tuple[str, int], Candidate] = {}  # by rule and root, the first
 
     def log(
         self,
@@ -131,24 +157,40 @@ class _NearMisses(MatchingTracer):
         if status == MatchStatus.NO_MATCH and len(match_result.nodes) >= 2:
             reason = match_result.reason or "the rest of the pattern does not match"
             nodes = list(reversed(match_result.nodes))
-            self.found.append(candidate(str(rule.name), nodes, False, reason))
+            found = candidate(str(rule.name), nodes, False, reason)
+            self.found.setdefault((str(rule.name), id(node)), found)
 
 
 class RulePass(EdgecPass):
     """An edgec pass made of rewrite rules (subclasses list them in `rules`)."""
 
-    rules: ClassVar[Sequence[type[RewriteRuleClassBase]]] = ()
+    rules: ClassVar[Sequence[Callable[[], RewriteRuleClassBase]]] = ()
+    commuted: ClassVar[bool] = False  # also match each pattern with Add/Mul operands swapped
 
     def rewrite(self, model: ir.Model) -> int:
         return self.apply_rules(model, self.rules)
 
-    def apply_rules(self, model: ir.Model, rules: Sequence[type[RewriteRuleClassBase]]) -> int:
-        """Apply `rules` in one walk of the graph; record what fired and what was left alone."""
+    def apply_rules(
+        self, model: ir.Model, rules: Sequence[Callable[[], RewriteRuleClassBase]]
+    ) -> int:
+        """Apply `rules` in one walk of the graph; record what fired and what was left alone
+        (each candidate once, though commuted variants of a pattern may each see it)."""
+        found: list[Candidate] = []
         if self.explain:  # with a tracer, onnxscript only matches: nothing is rewritten
-            misses = _NearMisses()
-            silent = RewriteRuleSet([recorded_rule(r, lambda _: None, dry=True) for r in rules])
-            silent.apply_to_model(model, tracer=misses)
-            self.explained.extend(misses.found)
-        record = self.explained.append
-        ruleset = RewriteRuleSet([recorded_rule(r, record, self.explain) for r in rules])
-        return ruleset.apply_to_model(model)
+            misses, whole = _NearMisses(), set()
+
+            def matched(rule: str, root: ir.Node) -> None:
+                whole.add((rule, id(root)))
+
+            dry = [recorded_rule(r, lambda _: None, dry=True, on_match=matched) for r in rules]
+            RewriteRuleSet(dry, commute=self.commuted).apply_to_model(model, tracer=misses)
+            # a root that one variant of a rule matched whole is no near miss of another
+            found += [c for key, c in misses.found.items() if key not in whole]
+        live = [recorded_rule(r, found.append, self.explain) for r in rules]
+        read = [v for v in model.graph.initializers.values() if v.uses()]
+        fired = RewriteRuleSet(live, commute=self.commuted).apply_to_model(model)
+        for value in read:  # the weights the rewrites replaced
+            if not (value.uses() or value.is_graph_input() or value.is_graph_output()):
+                model.graph.initializers.pop(value.name or "", None)
+        self.explained.extend(dict.fromkeys(found))
+        return fired

@@ -70,6 +70,8 @@ def test_drop_identity_keeps_graph_input_to_output() -> None:
     p(model)
     assert p.rewrites == 0
     assert op_types(model) == ["Identity"]
+    (seen,) = p.explained
+    assert not seen.fired and seen.reason.startswith("it returns a graph input, an initializer")
 
 
 def test_merge_common_subexpressions() -> None:

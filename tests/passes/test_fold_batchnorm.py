@@ -227,3 +227,30 @@ def test_property_bn_conv_unpadded(c: int, cout: int, k: int, seed: int) -> None
     after, fired = apply(FoldBatchnorm(), before)
     assert fired == 1
     check(before, after)
+
+
+def test_two_folds_into_biasless_convs_keep_their_own_biases() -> None:
+    """Each fold writes a bias of the same default name; both must stay (onnxscript registers
+    initializers by name and would overwrite the first, leaving a layer reading the other's)."""
+    g = Graph((1, 3, 6, 6))
+    y = g.conv(g.bn(g.op("Relu", "x"), 3), 3, 4, 3, pad=0, bias=False)
+    y = g.conv(g.bn(g.op("Relu", y), 4), 4, 4, 3, pad=0, bias=False)
+    before = g.model(y)
+    after, fired = apply(FoldBatchnorm(), before)
+    assert fired == 2 and ops(after) == ["Relu", "Conv", "Relu", "Conv"]
+    biases = [n.inputs[2] for n in after.graph if n.op_type == "Conv"]
+    assert biases[0] is not biases[1] and biases[0].name != biases[1].name
+    check(before, after)
+
+
+def test_conv_whose_weight_another_conv_shares_is_left_alone() -> None:
+    """Tied weights: onnxscript's rule declines (folding would have to copy the weight)."""
+    g = Graph((1, 3, 6, 6))
+    w = g.w(4, 3, 3, 3)
+    a = g.op("Conv", "x", w, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    b = g.op("Conv", "x", w, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    before = g.model(g.op("Add", g.bn(a, 4), b))
+    after, seen = explain(FoldBatchnorm(), before)
+    assert ops(after) == ["Conv", "Conv", "BatchNormalization", "Add"]
+    (why,) = reasons(seen, "bn_into_conv")
+    assert why.startswith(f"Initializer '{w}' is used by another node")

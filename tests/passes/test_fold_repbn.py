@@ -156,7 +156,7 @@ def test_affine_on_the_wrong_axis_stays() -> None:
     y = g.op("Mul", h, g.const(np.arange(1, 7, dtype=np.float32).reshape(6, 1)))
     after, seen = explain(FoldChannelAffine(), g.model(g.op("MatMul", y, g.w(5, 3))))
     assert ops(after) == ["Relu", "Mul", "MatMul"]
-    assert reasons(seen, "affine_into_linear") == [
+    assert reasons(seen, "affine_into_next_matmul") == [
         "the affine does not run along the next MatMul's input features"
     ]
 
@@ -180,7 +180,7 @@ def test_shift_before_a_padded_conv_stays_and_says_why() -> None:
     before = g.model(g.conv(y, 4, 5, 3, pad=1))
     after, seen = explain(FoldChannelAffine(), before)
     assert ops(after) == ["Relu", "Add", "Conv"]
-    assert reasons(seen, "affine_into_linear") == [
+    assert reasons(seen, "affine_into_next_conv") == [
         "a shift before a padded Conv: padding reads 0, not the shift"
     ]
 
@@ -222,7 +222,7 @@ def test_shift_before_matmul_output_is_left_alone() -> None:
     y = g.op("Add", g.op("Relu", "x"), g.const(np.linspace(-1, 1, 5, dtype=np.float32)))
     after, seen = explain(FoldChannelAffine(), g.model(g.op("MatMul", y, g.w(5, 3))))
     assert ops(after) == ["Relu", "Add", "MatMul"]
-    assert reasons(seen, "affine_into_linear") == [
+    assert reasons(seen, "affine_into_next_matmul") == [
         "the next MatMul's output is a graph output: a new bias Add would take its place"
     ]
 
