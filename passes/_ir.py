@@ -8,8 +8,6 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_ir as ir
 
-from edgec.core.irutil import initializer
-
 
 def live_nodes(model: ir.Model) -> Iterator[ir.Node]:
     """The graph's nodes, skipping any that an earlier rewrite in the same walk removed."""
@@ -57,18 +55,6 @@ def used(value: ir.Value | None) -> bool:
     return value is not None and (value.is_graph_output() or bool(list(value.uses())))
 
 
-def set_const_input(node: ir.Node, index: int, array: np.ndarray, hint: str) -> None:
-    """Point input `index` of `node` at a new initializer holding `array`."""
-    graph = node.graph
-    assert graph is not None
-    value = initializer(graph, array, hint)
-    old = node.inputs[index] if index < len(node.inputs) else None
-    if index >= len(node.inputs):
-        node.resize_inputs(index + 1)
-    node.replace_input_with(index, value)
-    drop_if_orphaned(old)
-
-
 def drop_if_orphaned(value: ir.Value | None) -> None:
     """Remove an initializer nothing reads any more (so reports count what is really there)."""
     if value is None or not value.is_initializer() or used(value) or value.is_graph_input():
@@ -105,11 +91,6 @@ def bypass(node: ir.Node, replacement: ir.Value) -> bool:
     for value in inputs:
         drop_if_orphaned(value)
     return True
-
-
-def other_slot(node: ir.Node, value: ir.Value) -> int:
-    """The index of the input of a binary op that is not `value` (an Add's bias, either side)."""
-    return 1 if node.inputs[0] is value else 0
 
 
 def as_f32(array: np.ndarray) -> np.ndarray:

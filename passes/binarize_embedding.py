@@ -23,7 +23,8 @@ from edgec.core.binary_ops import (
     pack_bits,
     supports_functions,
 )
-from edgec.passes._ir import bypass, initializer, is_op, layer_name, live_nodes
+from edgec.core.irutil import initializer
+from edgec.passes._ir import bypass, is_op, layer_name, live_nodes
 from edgec.passes.base import EdgecPass
 from edgec.passes.binarize_linear import two_level
 from edgec.passes.binary_codes import ConstantEvaluator

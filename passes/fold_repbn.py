@@ -33,7 +33,8 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchResult
 
-from edgec.passes._ir import as_f32, bypass, f32, initializer, is_op, live_nodes, only_consumer
+from edgec.core.irutil import initializer
+from edgec.passes._ir import as_f32, bypass, f32, is_op, live_nodes, only_consumer
 from edgec.passes.fold_batchnorm import bn_affine, bn_affine_or_why
 from edgec.passes.fold_channel_affine import affine_step
 from edgec.passes.rules import Rule, RulePass

@@ -26,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgec.passes._ir import as_f32, bypass, initializer, is_op, live_nodes, only_consumer
+from edgec.core.irutil import initializer
+from edgec.passes._ir import as_f32, bypass, is_op, live_nodes, only_consumer
 from edgec.passes.base import EdgecPass
 from edgec.passes.fold_channel_affine import affine_step
 from edgec.passes.fold_repbn import term

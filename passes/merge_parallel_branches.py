@@ -21,15 +21,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgec.passes._ir import (
-    as_f32,
-    bypass,
-    conv_params,
-    drop_if_orphaned,
-    initializer,
-    is_op,
-    only_consumer,
-)
+from edgec.core.irutil import initializer
+from edgec.passes._ir import as_f32, bypass, conv_params, drop_if_orphaned, is_op, only_consumer
 from edgec.passes.base import EdgecPass
 from edgec.passes.fold_batchnorm import bn_affine
 from edgec.passes.fold_channel_affine import affine_step

@@ -13,7 +13,8 @@ where `W2 . W1` contracts the middle channels. VanillaNet's conv pairs (stem, bl
 merge this way once their BatchNorms are folded and their leaky_relu(x, 1) dropped. Per-channel
 affines on either side of a linear op are `fold_channel_affine`'s.
 
-Conv pairs are a rule (`merge_conv_pair`), MatMul chains a walk (`merge_dense_pair`). Left
+Two rules: `merge_conv_pair`, and `merge_dense_pair` (each product a bare MatMul, a MatMul
+with a bias Add, or a Gemm: nine variants). Left
 alone, with the reason (`edgec compile --explain`): grouped convs (merging would densify
 them), a 1x1 second conv with a stride, padding, dilation or groups, a padded second conv
 after a biased 1x1 (the padding would read 0 where the merged conv reads b1), an intermediate
@@ -24,22 +25,14 @@ bottleneck).
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchResult
 
-from edgec.passes._ir import (
-    as_f32,
-    bypass,
-    conv_params,
-    dense_params,
-    initializer,
-    is_op,
-    live_nodes,
-    only_consumer,
-)
+from edgec.passes._ir import as_f32, conv_params, dense_params
 from edgec.passes.rules import Rule, RulePass
 
 
@@ -117,62 +110,64 @@ class MergeConvPair(Rule):
         return op.Conv(x, weight, bias, **kept.attributes)
 
 
-DENSE = "merge_dense_pair"
+def _dense(op: Any, x: ir.Value, w: ir.Value, b: ir.Value, form: str, product: str) -> ir.Value:
+    """x W (+ b) on the last axis in one of its forms: a bare MatMul, a MatMul and a bias Add,
+    or a Gemm; the product's output named `product`."""
+    if form == "gemm":
+        return op.Gemm(x, w, _allow_other_inputs=True, _outputs=[product])
+    out = op.MatMul(x, w, _outputs=[product])
+    return op.Add(out, b) if form == "biased" else out
+
+
+class MergeDensePair(Rule):
+    """(x W1 + b1) W2 + b2 -> x (W1 W2) + (b1 W2 + b2): each product a MatMul, a MatMul with a
+    bias Add, or a Gemm (`first`, `second`); emitted as a MatMul and an Add."""
+
+    name = "merge_dense_pair"
+
+    def __init__(self, first: str, second: str) -> None:
+        super().__init__()
+        self.first, self.second = first, second
+
+    def pattern(self, op: Any, x: ir.Value, w1: ir.Value, b1: ir.Value, w2: ir.Value, b2):
+        y = _dense(op, x, w1, b1, self.first, "p1")
+        return _dense(op, y, w2, b2, self.second, "p2")
+
+    def check(self, context: Any, x: ir.Value, p1: ir.Value, p2: ir.Value, **_: Any):
+        second = p2.producer()
+        assert second is not None
+        first, last = dense_params(p1.producer()), dense_params(second)  # type: ignore[arg-type]
+        if self.second == "bare" and last is not None and last[2] is not second:
+            return self.skip()  # a bias Add follows: the biased form's match
+        if first is None or last is None:
+            which = "first" if first is None else "second"
+            return self.fail(f"the {which} product's weight or bias is not a float32 constant")
+        (w1, _, _), (w2, _, _) = first, last
+        k, n1, n2 = w1.shape[0], w1.shape[1], w2.shape[1]
+        if k * n2 > k * n1 + n1 * n2:
+            return self.fail("the merged product would cost more multiply-adds than the pair")
+        return self.ok()
+
+    def rewrite(self, op: Any, x: ir.Value, p1: ir.Value, p2: ir.Value, **_: Any) -> ir.Value:
+        w1, b1, _ = dense_params(p1.producer())  # type: ignore[arg-type,misc]
+        w2, b2, end = dense_params(p2.producer())  # type: ignore[arg-type,misc]
+        b = (b1 @ w2 if b1 is not None else 0.0) + (b2 if b2 is not None else 0.0)
+        product = op.MatMul(x, op.initializer(ir.tensor(as_f32(w1 @ w2)), name="merged_weight"))
+        product.shape, product.type = end.outputs[0].shape, end.outputs[0].type
+        bias = np.broadcast_to(b, (w2.shape[1],))
+        return op.Add(product, op.initializer(ir.tensor(as_f32(bias)), name="merged_bias"))
+
+
+FORMS = ("bare", "biased", "gemm")
 
 
 class MergeSerialLinear(RulePass):
-    """Conv pairs (a rule), then chains of MatMul(+Add)/Gemm on the last axis (a walk: the
-    bias Add is optional on either side, and the second op may be a Gemm)."""
+    """Conv pairs, then chains of products on the last axis (in that order, as two walks)."""
 
     name = "merge_serial_linear"
     rules = (MergeConvPair,)
+    dense = tuple(partial(MergeDensePair, a, b) for a in FORMS for b in FORMS)
+    commuted = True  # a bias Add's constant on either side
 
     def rewrite(self, model: ir.Model) -> int:
-        fired = self.apply_rules(model, self.rules)
-        return fired + sum(
-            self._merge_dense(n) for n in live_nodes(model) if is_op(n, "MatMul", "Gemm")
-        )
-
-    def _merge_dense(self, first: ir.Node) -> bool:
-        p1 = dense_params(first)
-        if p1 is None:
-            return False
-        w1, b1, end1 = p1
-        second = only_consumer(end1.outputs[0])
-        if second is None or second.inputs[0] is not end1.outputs[0]:
-            return False
-        p2 = dense_params(second)
-        if p2 is None:
-            why = "the next product's weight or bias is not a float32 constant"
-            return is_op(second, "MatMul", "Gemm") and self.left_alone(DENSE, [first, second], why)
-        w2, b2, end2 = p2
-        nodes = list(dict.fromkeys([first, end1, second, end2]))
-        k, n1, n2 = w1.shape[0], w1.shape[1], w2.shape[1]
-        if k * n2 > k * n1 + n1 * n2:
-            why = "the merged product would cost more multiply-adds than the pair"
-            return self.left_alone(DENSE, nodes, why)
-        w = w1 @ w2
-        b = (b1 @ w2 if b1 is not None else 0.0) + (b2 if b2 is not None else 0.0)
-        graph = first.graph
-        x = first.inputs[0]
-        assert graph is not None and x is not None
-        mm = ir.node(
-            "MatMul", [x, initializer(graph, as_f32(w), "weight")], name=f"{first.name}+merged"
-        )
-        add = ir.node(
-            "Add",
-            [mm.outputs[0], initializer(graph, as_f32(np.broadcast_to(b, (n2,))), "bias")],
-            name=f"{second.name}+merged",
-        )
-        graph.insert_before(first, [mm, add])
-        for value in (mm.outputs[0], add.outputs[0]):
-            value.shape = end2.outputs[0].shape
-            value.type = end2.outputs[0].type
-        if not bypass(end2, add.outputs[0]):
-            graph.remove([add, mm], safe=True)
-            why = "the product is a graph output the merged op cannot take the place of"
-            return self.left_alone(DENSE, nodes, why)
-        for node in (second, end1, first):  # consumers before producers
-            if node.graph is not None:
-                graph.remove(node, safe=True)
-        return self.fired(DENSE, nodes)
+        return self.apply_rules(model, self.rules) + self.apply_rules(model, self.dense)

@@ -139,8 +139,20 @@ def test_product_by_a_runtime_value_is_left_alone() -> None:
     after, seen = explain(MergeSerialLinear(), g.model(y))
     assert ops(after).count("MatMul") == 2
     assert reasons(seen, "merge_dense_pair") == [
-        "the next product's weight or bias is not a float32 constant"
+        "the second product's weight or bias is not a float32 constant"
     ]
+
+
+def test_biased_product_after_a_gemm_merges_into_one() -> None:
+    """The biased second form wins over the bare one (whose root, the MatMul, comes first)."""
+    g = Graph((3, 6))
+    h = g.op("Gemm", "x", g.w(4, 6), g.w(4), transB=1, beta=0.5)
+    y = g.op("Add", g.w(3), g.op("MatMul", h, g.w(4, 3)))  # the bias first
+    before = g.model(g.op("Relu", y))
+    after, seen = explain(MergeSerialLinear(), before)
+    assert ops(after) == ["MatMul", "Add", "Relu"]
+    assert [c.rule for c in seen if c.fired] == ["merge_dense_pair"]
+    check(before, after)
 
 
 @settings(max_examples=25, deadline=None)
