@@ -85,9 +85,25 @@ def _const(op: Any, array: np.ndarray, like: ir.Value | None, role: str) -> ir.V
     return op.initializer(ir.tensor(as_f32(array)), name=name)
 
 
-def _bias_slot(add: ir.Node, product: ir.Value) -> int:
-    """The input of a bias Add that is not the product (either side)."""
-    return 1 if add.inputs[0] is product else 0
+def _biased_dense(add: ir.Node | None) -> tuple[np.ndarray, np.ndarray, ir.Node] | None:
+    """(W, c, the MatMul) of x W + c made by this bias Add (the bias on either side)."""
+    for value in add.inputs if add is not None else ():
+        mm = value.producer() if value is not None else None
+        dense = dense_params(mm) if is_op(mm, "MatMul") else None  # type: ignore[arg-type]
+        if dense is not None and dense[1] is not None and dense[2] is add:
+            return dense[0], dense[1], mm  # type: ignore[return-value]
+    return None
+
+
+def _emit_biased(
+    op: Any, x: ir.Value, w: np.ndarray, c: np.ndarray, p: ir.Value, add: ir.Node
+) -> ir.Value:
+    """x W + c as a MatMul and a bias Add like `add` (product `p`; names and bias side kept)."""
+    product = op.MatMul(x, _const(op, w, p.producer().inputs[1], "weight"))  # type: ignore[union-attr]
+    product.shape, product.type = p.shape, p.type
+    first = add.inputs[0] is p
+    bias = _const(op, c, add.inputs[1 if first else 0], "bias")
+    return op.Add(product, bias) if first else op.Add(bias, product)
 
 
 class _Affine(Rule):
@@ -222,10 +238,8 @@ class AffineIntoBiasedMatmul(_Backward):
         return super().check(context, x, y, a)
 
     def why_not(self, y: ir.Value, step: Step) -> str | None:
-        dense = dense_params(y.producer().inputs[0].producer())  # type: ignore[union-attr,arg-type]
-        if dense is None or dense[1] is None or dense[2] is not y.producer():
-            dense = dense_params(y.producer().inputs[1].producer())  # type: ignore[union-attr,arg-type]
-        if dense is None or dense[1] is None or dense[2] is not y.producer():
+        dense = _biased_dense(y.producer())
+        if dense is None:
             return "the MatMul's weight or the added bias is not a float32 constant"
         _, axis, vec, _ = step
         if _fits(axis, -1, len(y.shape or ()), dense[0].shape[1], vec) is None:
@@ -233,9 +247,7 @@ class AffineIntoBiasedMatmul(_Backward):
         return None
 
     def rewrite(self, op: Any, x: ir.Value, p: ir.Value, y: ir.Value, a: ir.Value, **_: Any):
-        add, mm = y.producer(), p.producer()
-        assert add is not None and mm is not None
-        w, c, _ = dense_params(mm)  # type: ignore[misc]
+        w, c, _ = _biased_dense(y.producer())  # type: ignore[misc]
         _, axis, vec, kind = self.step(a, y)  # type: ignore[misc]
         v = _fits(axis, -1, len(y.shape or ()), w.shape[1], vec)
         assert v is not None
@@ -243,10 +255,7 @@ class AffineIntoBiasedMatmul(_Backward):
             w, c = w * v[None, :], c * v
         else:
             c = c + v
-        product = op.MatMul(x, _const(op, w, mm.inputs[1], "weight"))
-        product.shape, product.type = p.shape, p.type
-        bias = _const(op, c, add.inputs[1 - _bias_slot(add, p)], "bias")
-        return op.Add(product, bias) if _bias_slot(add, p) else op.Add(bias, product)
+        return _emit_biased(op, x, w, c, p, y.producer())  # type: ignore[arg-type]
 
 
 class _Forward(_Affine):
@@ -354,12 +363,8 @@ class AffineIntoNextBiasedMatmul(_Forward):
         return op.Add(product, b, _outputs=["z"])
 
     def why_not(self, t: ir.Value, step: Step, z: ir.Value) -> str | None:
-        p = z.producer().inputs  # type: ignore[union-attr]
-        mm = next(
-            (v.producer() for v in p if v is not None and is_op(v.producer(), "MatMul")), None
-        )
-        dense = dense_params(mm) if mm is not None else None
-        if dense is None or dense[2] is not z.producer():
+        dense = _biased_dense(z.producer())
+        if dense is None:
             return "the next MatMul's weight or its added bias is not a float32 constant"
         _, axis, vec, _ = step
         if _fits(axis, -1, len(t.shape or ()), dense[0].shape[0], vec) is None:
@@ -367,9 +372,7 @@ class AffineIntoNextBiasedMatmul(_Forward):
         return None
 
     def rewrite(self, op: Any, t: ir.Value, a: ir.Value, p: ir.Value, z: ir.Value, **_: Any):
-        add, mm = z.producer(), p.producer()
-        assert add is not None and mm is not None
-        w, c, _ = dense_params(mm)  # type: ignore[misc]
+        w, c, _ = _biased_dense(z.producer())  # type: ignore[misc]
         _, axis, vec, kind = self.step(a, t)  # type: ignore[misc]
         v = _fits(axis, -1, len(t.shape or ()), w.shape[0], vec)
         assert v is not None
@@ -377,10 +380,7 @@ class AffineIntoNextBiasedMatmul(_Forward):
             w = v[:, None] * w
         else:
             c = c + v @ w
-        product = op.MatMul(t, _const(op, w, mm.inputs[1], "weight"))
-        product.shape, product.type = p.shape, p.type
-        bias = _const(op, c, add.inputs[1 - _bias_slot(add, p)], "bias")
-        return op.Add(product, bias) if _bias_slot(add, p) else op.Add(bias, product)
+        return _emit_biased(op, t, w, c, p, z.producer())  # type: ignore[arg-type]
 
 
 AFFINES = ("Mul", "Add", "Sub")
