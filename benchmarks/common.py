@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: the peer (onnxruntime on a plain export) and the writer."""
+"""What the benchmark scripts share: the peers (onnxruntime on torch's default export, or on
+a given model) and the writer."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
+import torch
 
 from edgec.core.ort_options import session_options
 
@@ -19,6 +22,20 @@ def plain_session(model: ir.Model, threads: int = 1) -> ort.InferenceSession:
     so = session_options({"graph_optimization_level": "all"}, threads)
     proto = ir.serde.serialize_model(model).SerializeToString()
     return ort.InferenceSession(proto, so, providers=["CPUExecutionProvider"])
+
+
+def default_export_session(
+    module: torch.nn.Module, feeds: dict[str, np.ndarray], threads: int = 1
+) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
+    """The peer users have: `torch.onnx.export(module, args, dynamo=True)` with torch's
+    defaults (`optimize=True` included), in onnxruntime with all graph optimizations. Returns
+    the session and `feeds` (in the module's argument order) under the export's input names."""
+    args = tuple(torch.from_numpy(v) for v in feeds.values())
+    with torch.no_grad():
+        program = torch.onnx.export(module.eval(), args, dynamo=True, verbose=False)
+    session = plain_session(program.model, threads)
+    names = [i.name for i in session.get_inputs()]
+    return session, dict(zip(names, feeds.values(), strict=True))
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int, runs: int) -> dict[str, float]:
