@@ -36,12 +36,6 @@ def _same_shape(node: ir.Node) -> bool:
     return a is not None and a == b
 
 
-def identity_input(node: ir.Node) -> ir.Value | None:
-    """The input `node` passes through unchanged, if it is an identity."""
-    found = _identity_or_why(node)
-    return found if isinstance(found, ir.Value) else None
-
-
 def _identity_or_why(node: ir.Node) -> ir.Value | str | None:
     """The input `node` passes through; or why a node of an identity-capable kind is not one
     (a string, for --explain); or None for a node no rule here looks at."""

@@ -34,7 +34,7 @@ from onnxscript.rewriter.rules.common._fuse_batchnorm import (
 )
 
 from edgec.passes._ir import f32, is_op
-from edgec.passes.rules import Rule, RulePass
+from edgec.passes.rules import Rule, RulePass, constant
 
 
 def bn_affine(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
@@ -117,11 +117,6 @@ class FoldIntoGemm(_EdgecChecked, FuseBatchNormIntoGemm):
     rule_name = "bn_into_gemm"
 
 
-def _initializer(op: Any, array: np.ndarray, like: ir.Value | None, role: str) -> ir.Value:
-    name = f"{like.name}_bn" if like is not None and like.name else f"bn_folded_{role}"
-    return op.initializer(ir.tensor(array.astype(np.float32)), name=name)
-
-
 class FoldIntoMatMulAdd(Rule):
     """BN(MatMul(x, W) + c) -> MatMul(x, W * s) + (c * s + t), for 2-D x."""
 
@@ -148,7 +143,8 @@ class FoldIntoMatMulAdd(Rule):
         weight = f32(w).astype(np.float64) * s[None, :]  # type: ignore[union-attr]
         bias = f32(c).astype(np.float64) * s + t  # type: ignore[union-attr]
         return op.Add(
-            op.MatMul(x, _initializer(op, weight, w, "weight")), _initializer(op, bias, c, "bias")
+            op.MatMul(x, constant(op, weight, w, "bn", "weight")),
+            constant(op, bias, c, "bn", "bias"),
         )
 
 
@@ -230,8 +226,8 @@ class FoldIntoNextConv(_BnIntoNext):
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         return op.Conv(
             x,
-            _initializer(op, w * s[idx].reshape(shape), node.inputs[1], "weight"),
-            _initializer(op, (b if b is not None else 0.0) + shift, bias, "bias"),
+            constant(op, w * s[idx].reshape(shape), node.inputs[1], "bn", "weight"),
+            constant(op, (b if b is not None else 0.0) + shift, bias, "bn", "bias"),
             **node.attributes,
         )
 
@@ -268,8 +264,8 @@ class FoldIntoNextGemm(_BnIntoNext):
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         return op.Gemm(
             x,
-            _initializer(op, w_new.T if trans_b else w_new, node.inputs[1], "weight"),
-            _initializer(op, np.asarray(c_new), bias, "bias"),
+            constant(op, w_new.T if trans_b else w_new, node.inputs[1], "bn", "weight"),
+            constant(op, np.asarray(c_new), bias, "bn", "bias"),
             transB=trans_b,
         )
 

@@ -33,8 +33,8 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchResult
 
-from edgec.passes._ir import as_f32, const, conv_params, dense_params, f32, is_op
-from edgec.passes.rules import Rule, RulePass
+from edgec.passes._ir import const, conv_params, dense_params, f32, is_op
+from edgec.passes.rules import Rule, RulePass, constant
 
 
 def channel_vector(c: np.ndarray, rank: int) -> tuple[int | None, np.ndarray] | None:
@@ -80,18 +80,13 @@ def _fits(axis: int | None, want: int, rank: int, size: int, vec: np.ndarray) ->
 Step = tuple[ir.Value, int | None, np.ndarray, str]
 
 
-def _const(op: Any, array: np.ndarray, like: ir.Value | None, role: str) -> ir.Value:
-    name = f"{like.name}_affine" if like is not None and like.name else f"affine_{role}"
-    return op.initializer(ir.tensor(as_f32(array)), name=name)
-
-
-def _biased_dense(add: ir.Node | None) -> tuple[np.ndarray, np.ndarray, ir.Node] | None:
-    """(W, c, the MatMul) of x W + c made by this bias Add (the bias on either side)."""
+def _biased_dense(add: ir.Node | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(W, c) of x W + c made by this bias Add (the bias on either side)."""
     for value in add.inputs if add is not None else ():
         mm = value.producer() if value is not None else None
         dense = dense_params(mm) if is_op(mm, "MatMul") else None  # type: ignore[arg-type]
         if dense is not None and dense[1] is not None and dense[2] is add:
-            return dense[0], dense[1], mm  # type: ignore[return-value]
+            return dense[0], dense[1]
     return None
 
 
@@ -99,10 +94,10 @@ def _emit_biased(
     op: Any, x: ir.Value, w: np.ndarray, c: np.ndarray, p: ir.Value, add: ir.Node
 ) -> ir.Value:
     """x W + c as a MatMul and a bias Add like `add` (product `p`; names and bias side kept)."""
-    product = op.MatMul(x, _const(op, w, p.producer().inputs[1], "weight"))  # type: ignore[union-attr]
+    product = op.MatMul(x, constant(op, w, p.producer().inputs[1], "affine", "weight"))  # type: ignore[union-attr]
     product.shape, product.type = p.shape, p.type
     first = add.inputs[0] is p
-    bias = _const(op, c, add.inputs[1 if first else 0], "bias")
+    bias = constant(op, c, add.inputs[1 if first else 0], "affine", "bias")
     return op.Add(product, bias) if first else op.Add(bias, product)
 
 
@@ -196,8 +191,8 @@ class AffineIntoConv(_Backward):
         else:
             b = b + v
         bias = conv.inputs[2] if len(conv.inputs) > 2 else None
-        weight = _const(op, w, conv.inputs[1], "weight")
-        return op.Conv(x, weight, _const(op, b, bias, "bias"), **conv.attributes)
+        weight = constant(op, w, conv.inputs[1], "affine", "weight")
+        return op.Conv(x, weight, constant(op, b, bias, "affine", "bias"), **conv.attributes)
 
 
 class AffineIntoMatmul(_Backward):
@@ -222,7 +217,7 @@ class AffineIntoMatmul(_Backward):
         w = f32(weight).astype(np.float64)  # type: ignore[union-attr]
         _, axis, vec, _ = step
         v = _fits(axis, -1, len(y.shape or ()), w.shape[1], vec)
-        return op.MatMul(x, _const(op, w * v[None, :], weight, "weight"))  # type: ignore[index]
+        return op.MatMul(x, constant(op, w * v[None, :], weight, "affine", "weight"))  # type: ignore[index]
 
 
 class AffineIntoBiasedMatmul(_Backward):
@@ -247,7 +242,7 @@ class AffineIntoBiasedMatmul(_Backward):
         return None
 
     def rewrite(self, op: Any, x: ir.Value, p: ir.Value, y: ir.Value, a: ir.Value, **_: Any):
-        w, c, _ = _biased_dense(y.producer())  # type: ignore[misc]
+        w, c = _biased_dense(y.producer())  # type: ignore[misc]
         _, axis, vec, kind = self.step(a, y)  # type: ignore[misc]
         v = _fits(axis, -1, len(y.shape or ()), w.shape[1], vec)
         assert v is not None
@@ -310,8 +305,8 @@ class AffineIntoNextConv(_Forward):
         else:
             b = b + w.sum(axis=tuple(range(2, w.ndim))) @ v
         bias = conv.inputs[2] if len(conv.inputs) > 2 else None
-        weight = _const(op, w, conv.inputs[1], "weight")
-        return op.Conv(t, weight, _const(op, b, bias, "bias"), **conv.attributes)
+        weight = constant(op, w, conv.inputs[1], "affine", "weight")
+        return op.Conv(t, weight, constant(op, b, bias, "affine", "bias"), **conv.attributes)
 
 
 class AffineIntoNextMatmul(_Forward):
@@ -347,10 +342,10 @@ class AffineIntoNextMatmul(_Forward):
         v = _fits(axis, -1, len(t.shape or ()), w.shape[0], vec)
         assert v is not None
         if kind == "scale":
-            return op.MatMul(t, _const(op, v[:, None] * w, weight, "weight"))
+            return op.MatMul(t, constant(op, v[:, None] * w, weight, "affine", "weight"))
         product = op.MatMul(t, weight)
         product.shape, product.type = z.shape, z.type
-        return op.Add(product, _const(op, v @ w, None, "bias"))
+        return op.Add(product, constant(op, v @ w, None, "affine", "bias"))
 
 
 class AffineIntoNextBiasedMatmul(_Forward):
@@ -372,7 +367,7 @@ class AffineIntoNextBiasedMatmul(_Forward):
         return None
 
     def rewrite(self, op: Any, t: ir.Value, a: ir.Value, p: ir.Value, z: ir.Value, **_: Any):
-        w, c, _ = _biased_dense(z.producer())  # type: ignore[misc]
+        w, c = _biased_dense(z.producer())  # type: ignore[misc]
         _, axis, vec, kind = self.step(a, t)  # type: ignore[misc]
         v = _fits(axis, -1, len(t.shape or ()), w.shape[0], vec)
         assert v is not None

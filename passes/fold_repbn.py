@@ -37,7 +37,7 @@ from edgec.core.irutil import initializer
 from edgec.passes._ir import as_f32, bypass, f32, is_op, live_nodes, only_consumer
 from edgec.passes.fold_batchnorm import bn_affine, bn_affine_or_why
 from edgec.passes.fold_channel_affine import affine_step
-from edgec.passes.rules import Rule, RulePass
+from edgec.passes.rules import Rule, RulePass, constant
 
 
 def _channel_shape(rank: int, axis: int) -> tuple[int, ...]:
@@ -146,12 +146,8 @@ def _tokens_affine(op: Any, x: ir.Value, bn_out: ir.Value, axis: int) -> ir.Valu
     s, t = bn_affine(bn_out.producer())  # type: ignore[arg-type,misc]
     assert x.shape is not None
     shape = _channel_shape(len(x.shape), axis)
-    mul = op.Mul(
-        x, op.initializer(ir.tensor(as_f32(s.reshape(shape))), name=f"{bn_out.name}_scale")
-    )
-    add = op.Add(
-        mul, op.initializer(ir.tensor(as_f32(t.reshape(shape))), name=f"{bn_out.name}_shift")
-    )
+    mul = op.Mul(x, constant(op, s.reshape(shape), bn_out, "scale", "scale"))
+    add = op.Add(mul, constant(op, t.reshape(shape), bn_out, "shift", "shift"))
     for value in (mul, add):
         value.shape, value.type = x.shape, x.type
     return add
@@ -230,18 +226,10 @@ class CancelTransposes(Rule):
         inverse = np.argsort(t.producer().attributes.get_ints("perm", []))  # type: ignore[union-attr]
         rank = len(inverse)
         scale, shift = (f32(v) for v in (c, d))
-        mul = op.Mul(
-            x,
-            op.initializer(
-                ir.tensor(as_f32(_permuted(scale, rank, inverse))), name=f"{c.name}_untransposed"
-            ),
-        )  # type: ignore[arg-type]
-        add = op.Add(
-            mul,
-            op.initializer(
-                ir.tensor(as_f32(_permuted(shift, rank, inverse))), name=f"{d.name}_untransposed"
-            ),
-        )  # type: ignore[arg-type]
+        scale_back = _permuted(scale, rank, inverse)  # type: ignore[arg-type]
+        shift_back = _permuted(shift, rank, inverse)  # type: ignore[arg-type]
+        mul = op.Mul(x, constant(op, scale_back, c, "untransposed", "scale"))
+        add = op.Add(mul, constant(op, shift_back, d, "untransposed", "shift"))
         for value in (mul, add):
             value.shape, value.type = out.shape, out.type
         return add

@@ -32,8 +32,8 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchResult
 
-from edgec.passes._ir import as_f32, conv_params, dense_params
-from edgec.passes.rules import Rule, RulePass
+from edgec.passes._ir import conv_params, dense_params
+from edgec.passes.rules import Rule, RulePass, constant
 
 
 def is_pointwise(node: ir.Node, w: np.ndarray) -> bool:
@@ -45,11 +45,6 @@ def is_pointwise(node: ir.Node, w: np.ndarray) -> bool:
         and all(d == 1 for d in a.get_ints("dilations", [1]))
         and a.get_int("group", 1) == 1
     )
-
-
-def _initializer(op: Any, array: np.ndarray, like: ir.Value | None, role: str) -> ir.Value:
-    name = f"{like.name}_merged" if like is not None and like.name else f"merged_{role}"
-    return op.initializer(ir.tensor(as_f32(array)), name=name)
 
 
 class MergeConvPair(Rule):
@@ -105,8 +100,8 @@ class MergeConvPair(Rule):
             shift = w2t.reshape(cout, -1, c1).sum(axis=1) @ b1 if b1 is not None else 0.0
             b = np.broadcast_to((b2 if b2 is not None else 0.0) + shift, (cout,))
             kept = second
-        weight = _initializer(op, w, kept.inputs[1], "weight")
-        bias = _initializer(op, b, kept.inputs[2] if len(kept.inputs) > 2 else None, "bias")
+        weight = constant(op, w, kept.inputs[1], "merged", "weight")
+        bias = constant(op, b, kept.inputs[2] if len(kept.inputs) > 2 else None, "merged", "bias")
         return op.Conv(x, weight, bias, **kept.attributes)
 
 
@@ -152,10 +147,10 @@ class MergeDensePair(Rule):
         w1, b1, _ = dense_params(p1.producer())  # type: ignore[arg-type,misc]
         w2, b2, end = dense_params(p2.producer())  # type: ignore[arg-type,misc]
         b = (b1 @ w2 if b1 is not None else 0.0) + (b2 if b2 is not None else 0.0)
-        product = op.MatMul(x, op.initializer(ir.tensor(as_f32(w1 @ w2)), name="merged_weight"))
+        product = op.MatMul(x, constant(op, w1 @ w2, None, "merged", "weight"))
         product.shape, product.type = end.outputs[0].shape, end.outputs[0].type
         bias = np.broadcast_to(b, (w2.shape[1],))
-        return op.Add(product, op.initializer(ir.tensor(as_f32(bias)), name="merged_bias"))
+        return op.Add(product, constant(op, bias, None, "merged", "bias"))
 
 
 FORMS = ("bare", "biased", "gemm")

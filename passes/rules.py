@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchingTracer, MatchResult, MatchStatus
 from onnxscript.rewriter._rewrite_rule import RewriteRule, RewriteRuleClassBase, RewriteRuleSet
@@ -56,6 +57,13 @@ class Rule(RewriteRuleClassBase):
 
 class Unlike(MatchResult):
     """The result of `Rule.unlike` and `Rule.skip`."""
+
+
+def constant(op: Any, array: Any, like: ir.Value | None, tag: str, role: str) -> ir.Value:
+    """A rule's new float32 initializer, named after the value it replaces (`W_bn`), else
+    `tag_role` (`bn_bias`); clashes are resolved when the rewrite is recorded (`_unique`)."""
+    name = f"{like.name}_{tag}" if like is not None and like.name else f"{tag}_{role}"
+    return op.initializer(ir.tensor(np.array(array, dtype=np.float32, order="C")), name=name)
 
 
 def recorded_rule(
