@@ -133,6 +133,11 @@ def function_proto(op_type: str, opset: int = MIN_OPSET) -> onnx.FunctionProto:
     return onnx.parser.parse_function(text)
 
 
+def has_binary_ops(model: ir.Model) -> bool:
+    """Does the main graph hold one of the bit-packed ops (`FUNCTION_TEXT`)?"""
+    return any(n.domain == DOMAIN and n.op_type in FUNCTION_TEXT for n in model.graph)
+
+
 def supports_functions(model: ir.Model) -> bool:
     """Whether the ops' bodies can be expressed at the model's opset."""
     return model.opset_imports.get("", 1) >= MIN_OPSET

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgec import teacher_forcing
+from edgec.core.binary_ops import has_binary_ops
 from edgec.core.errors import OptionError, UnsupportedOpError
 from edgec.runtime.bundle import Bundle, Manifest, finalize_manifest, save_reference
 from edgec.runtime.bundle_check import BundleCheckError, accepted_tolerance, allowed, check_bundle
@@ -82,8 +83,10 @@ def compile(
       (1e-4 for float32, see `edgec.runtime.compare`). A bundle is also accepted within
       twice the noise floor: the error onnxruntime's own graph optimizations make on the
       unmodified model (recorded in the manifest beside the bundle's error).
-    backend: for `cpu` and `x86_64`, "auto" builds both onnxruntime and TVM, checks both
-      and keeps the faster one on this host; "onnxruntime" or "tvm" builds just that one.
+    backend: for `cpu` and `x86_64`, "auto" builds onnxruntime and TVM, checks both and keeps
+      the faster one on this host; "onnxruntime" or "tvm" builds just that one. For `cpu`,
+      auto builds TVM only where it can win (binary ops, `tune`, or tuning records for every
+      kernel) and the manifest's `selection` says why it did not.
     mcpu, tune, tune_time: the TVM targets' CPU, and MetaSchedule's trial and time budgets.
     binarize: a regular expression of layer names (module paths); the matching Linear and 1x1
       Conv layers are binarized after the pipeline (`edgec.passes.binarize_layers`), each
@@ -169,6 +172,14 @@ def compile(
         device=device,
         on_progress=on_step,
     )
+    skipped: dict[str, str] = {}  # back end -> why measure-and-pick did not build it
+    if backend == "auto" and target == "cpu":  # an x86_64 compile asked for TVM: always built
+        for tgt in list(candidates):
+            why = tgt.reason_to_skip(prepared.model, options)
+            if why is not None:
+                candidates.remove(tgt)
+                skipped[tgt.backend] = why
+                log.info("back end %s not built: %s", tgt.backend, why)
     with staged_bundle(out) as stage:
         built: list[_Built] = []
         failures: dict[str, str] = {}
@@ -203,7 +214,17 @@ def compile(
             )
         chosen = built[0]
         selection: dict[str, Any] = {}
-        if len(candidates) > 1:
+        if skipped:
+            selection = {
+                "rule": "the only back end that can win on this host",
+                "chosen": chosen.manifest.backend,
+                "threads": threads,
+                "candidates": {
+                    chosen.manifest.backend: {"max_rel_error": chosen.error},
+                    **{k: {"skipped": v} for k, v in skipped.items()},
+                },
+            }
+        elif len(candidates) > 1:
             step("timing the back ends on this host")
             best, selection = pick_fastest(
                 [Bundle(b.folder, b.manifest) for b in built],
@@ -430,7 +451,7 @@ def _build(
             artifacts.fallbacks,
         )
     except BundleCheckError as e:
-        if prepared.intermediates is None or not teacher_forcing.has_binary_ops(prepared.model):
+        if prepared.intermediates is None or not has_binary_ops(prepared.model):
             raise
         log.info("%s; checking the binarized layers with teacher forcing", e)
         untuned = replace(options, tune=0, tune_time=None)

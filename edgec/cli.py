@@ -144,7 +144,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
     default="auto",
     show_default=True,
     help="For cpu and x86_64: auto builds onnxruntime and TVM, checks both and keeps the "
-    "faster on this host.",
+    "faster on this host (cpu: TVM only where it can win: binary ops, --tune, tuning records).",
 )
 @click.option("--mcpu", help="TVM targets: the CPU (x86_64: the host's; arm64: cortex-a55 ...).")
 @click.option(

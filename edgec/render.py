@@ -175,16 +175,22 @@ def print_selection(sel: dict[str, Any], detailed: bool) -> None:
     for name, c in sel["candidates"].items():
         if "failed" in c:
             parts.append(f"{name} failed ({c['failed']})")
-        else:
+        elif "skipped" in c:
+            parts.append(f"{name} not built ({c['skipped']})")
+        elif "p50_ms" in c:
             parts.append(f"{name} {c['p50_ms']:.2f} ms (error {c['max_rel_error']:.1e})")
-    out.print(f"  back end [bold]{sel['chosen']}[/] chosen by measurement: " + ", ".join(parts))
+    timed = any("p50_ms" in c for c in sel["candidates"].values())
+    how = "chosen by measurement" if timed else "the only candidate"
+    out.print(f"  back end [bold]{sel['chosen']}[/] {how}: " + ", ".join(parts))
     if detailed:
         table = Table(title=f"measure-and-pick ({sel['rule']})")
         for col in ("back end", "p50 ms", "runs", "max rel err", "tuned kernels"):
             table.add_column(col, justify="left" if col == "back end" else "right")
         for name, c in sel["candidates"].items():
-            if "failed" in c:
-                table.add_row(name, "-", "-", "-", "failed")
+            if "failed" in c or "skipped" in c:
+                table.add_row(name, "-", "-", "-", "failed" if "failed" in c else "not built")
+                continue
+            if "p50_ms" not in c:
                 continue
             t = c.get("tuning")
             tuned = f"{t['tasks'] - len(t['tasks_untuned'])}/{t['tasks']}" if t else "-"

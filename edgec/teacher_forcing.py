@@ -84,10 +84,6 @@ class TieReport:
         )
 
 
-def has_binary_ops(model: ir.Model) -> bool:
-    return any(n.domain == BINARY_DOMAIN for n in model.graph)
-
-
 def find_cuts(model: ir.Model) -> list[Cut]:
     """Every value a binary op binarizes at run time, in graph order."""
     cuts = []

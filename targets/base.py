@@ -48,4 +48,8 @@ class Target(Protocol):
     pipeline: str
     description: str
 
+    def reason_to_skip(self, model: ir.Model, options: CompileOptions) -> str | None:
+        """Why `--backend auto` need not build this model here (None: build it)."""
+        ...
+
     def compile(self, model: ir.Model, options: CompileOptions, stage: Path) -> Artifacts: ...

@@ -49,6 +49,9 @@ class OnnxruntimeTarget:
         "default) also TVM, keeping the faster"
     )
 
+    def reason_to_skip(self, model: ir.Model, options: CompileOptions) -> str | None:
+        return None  # onnxruntime takes every model measure-and-pick is asked about
+
     def compile(self, model: ir.Model, options: CompileOptions, stage: Path) -> Artifacts:
         files = save_onnx(model, stage / "model.onnx")
         ort_session(stage / "model.onnx", optimize=True)  # fails here, naming an unsupported op

@@ -239,6 +239,20 @@ def _lower(mod: Any, target: dict[str, Any]) -> Any:
         )(mod)
 
 
+def untuned_tasks(mod: Any, target: dict[str, Any]) -> list[str] | None:
+    """The tasks of `mod` that the host's database has no record for (None: no database at
+    all, so every task would run TVM's default schedule)."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    work_dir = database_dir(target)
+    if not (work_dir / RECORDS).is_file():
+        return None
+    tasks = ms.relax_integration.extract_tasks(_lower(mod, target), tvm.target.Target(target))
+    db = ms.database.JSONDatabase(work_dir=str(work_dir))
+    return [t.task_name for t in tasks if not _has_record(db, t.dispatched[0])]
+
+
 def schedule(
     mod: Any, target: dict[str, Any], options: CompileOptions, cross: bool
 ) -> tuple[Any, dict[str, Any]]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from edgec.core.binary_ops import has_binary_ops
 from edgec.core.errors import TargetError
 from edgec.runtime.tvm_backend import host_triple
 from edgec.targets import tuning
@@ -41,6 +42,27 @@ class TvmTarget:
 
     def export_cc(self) -> str | None:
         """The C compiler that links model.so (None: TVM's default, the host's)."""
+        return None
+
+    def reason_to_skip(self, model: ir.Model, options: CompileOptions) -> str | None:
+        """Why measure-and-pick need not build this model for TVM (None: build it). Untuned
+        float kernels run tens of times slower than onnxruntime's (shared BACKENDS.md): a
+        build can win only with edgec's popcount kernels, with tuning, or with tuning
+        records that cover every kernel."""
+        if options.tune or options.tune_time or has_binary_ops(model):
+            return None
+        try:
+            missing = tuning.untuned_tasks(import_onnx(model), self.target_dict(options))
+        except Exception:  # TVM cannot take the model: the build says why, as a failure
+            return None
+        if missing is None:
+            return "no tuning records on this host and no binary ops: untuned TVM cannot win"
+        if missing:
+            return (
+                f"{len(missing)} kernels without a tuning record ({', '.join(missing[:3])}"
+                + (", ..." if len(missing) > 3 else "")
+                + "): untuned TVM cannot win; --tune builds and tunes it"
+            )
         return None
 
     def compile(self, model: ir.Model, options: CompileOptions, stage: Path) -> Artifacts:
