@@ -1,5 +1,5 @@
-"""edgec's binary operators (domain `ai.edgec`): their meaning as ONNX functions, and the
-bit layout they share.
+"""edgec's operators (domain `ai.edgec`): the binary ones and the canonical attention, their
+meaning as ONNX functions, and the bit layout the binary ones share.
 
 Every op carries an ONNX function body in standard ops, added to the model as a model-local
 function: onnxruntime runs the body (so every bundle keeps its own reference), and the TVM
@@ -126,10 +126,28 @@ BinaryGather <dim> (W, scale, ids) => (Y) {{
 }
 
 
+# Attention(Q[B, N, S, H], K[B, N, T, H], V[B, N, T, Hv], bias) <scale> =
+#   Softmax(Q K^T * scale + bias, last axis) V: every softmax attention block that
+#   `edgec.passes.map_attention` recognizes; bias broadcasts to [B, N, S, T] (0 for none).
+# Not a bit-packed op: the targets lower it to their fastest form (`passes.lower_attention`).
+ATTENTION = "Attention"
+_ATTENTION_TEXT = f"""{_HEADER}
+Attention <scale> (Q, K, V, bias) => (Y) {{
+    kt = Transpose <perm = [0, 1, 3, 2]> (K)
+    qk = MatMul (Q, kt)
+    s = Constant <value_float: float = @scale> ()
+    scaled = Mul (qk, s)
+    biased = Add (scaled, bias)
+    p = Softmax <axis = -1> (biased)
+    Y = MatMul (p, V)
+}}"""
+
+
 def function_proto(op_type: str, opset: int = MIN_OPSET) -> onnx.FunctionProto:
     """The op's body, importing the standard domain at the model's `opset` (runtimes inline a
     body at the model's version; its ops mean the same from MIN_OPSET on)."""
-    text = FUNCTION_TEXT[op_type].replace(f'["" : {MIN_OPSET}]', f'["" : {opset}]', 1)
+    text = _ATTENTION_TEXT if op_type == ATTENTION else FUNCTION_TEXT[op_type]
+    text = text.replace(f'["" : {MIN_OPSET}]', f'["" : {opset}]', 1)
     return onnx.parser.parse_function(text)
 
 

@@ -64,6 +64,18 @@ def drop_if_orphaned(value: ir.Value | None) -> None:
         graph.initializers.pop(value.name)
 
 
+def take_over(old: ir.Value, new: ir.Value) -> None:
+    """Every reader of `old` reads the new value `new` (a node's output, no input or output
+    yet); where `old` is a graph output, `new` takes its place and name."""
+    if old.is_graph_output():
+        name = old.name
+        old.replace_all_uses_with(new, replace_graph_outputs=True)
+        old.name = f"{name}__replaced"
+        new.name = name
+    else:
+        old.replace_all_uses_with(new)
+
+
 def bypass(node: ir.Node, replacement: ir.Value) -> bool:
     """Make every reader of node.outputs[0] read `replacement`, then remove `node`.
 

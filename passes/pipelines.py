@@ -25,6 +25,7 @@ from edgec.passes.drop_identity_activations import DropIdentityActivations
 from edgec.passes.fold_batchnorm import FoldBatchnorm
 from edgec.passes.fold_channel_affine import FoldChannelAffine
 from edgec.passes.fold_repbn import FoldRepbn
+from edgec.passes.map_attention import MapAttention
 from edgec.passes.merge_affine_terms import MergeAffineTerms
 from edgec.passes.merge_parallel_branches import MergeParallelBranches
 from edgec.passes.merge_serial_linear import MergeSerialLinear
@@ -76,6 +77,9 @@ def cpu() -> list[Step]:
         cleanup(),
         reparameterize(),
         *binarize(),
+        # after binarization: binary Q K^T products stay popcount kernels
+        MapAttention(),
+        cleanup(),
         # after folding, so that folded results are lifted too
         LiftConstants(),
         DeduplicateInitializers(),

@@ -22,7 +22,8 @@ ORT_LEVELS = ("disable", "basic", "extended", "all")
 REQUIRED_ARTIFACTS = {"onnxruntime": ("model",), "tvm": ("model",)}
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-ORT_OPTIONS = ("graph_optimization_level", "disabled_optimizers")
+# "attention": the form chosen per attention block, with its timings (informational)
+ORT_OPTIONS = ("graph_optimization_level", "disabled_optimizers", "attention")
 REQUIRED = ("target", "backend", "artifacts", "files", "backend_options", "reference",
             "inputs", "outputs", "format_version", "edgec_version")  # fmt: skip
 _STRINGS = ("target", "backend", "edgec_version", "format")

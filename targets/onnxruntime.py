@@ -18,6 +18,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from edgec.core.irutil import ort_session
+from edgec.passes import lower_attention
 from edgec.targets.base import Artifacts, CompileOptions
 
 # protobuf cannot hold 2 GiB; past this much weight data, it goes to model.onnx.data
@@ -53,6 +54,10 @@ class OnnxruntimeTarget:
         return None  # onnxruntime takes every model measure-and-pick is asked about
 
     def compile(self, model: ir.Model, options: CompileOptions, stage: Path) -> Artifacts:
+        attention: list[dict] = []
+        if lower_attention.attention_nodes(model):  # each block in its fastest form here
+            model = lower_attention.copy(model)
+            attention = lower_attention.lower(model, lower_attention.timed(options.threads))
         files = save_onnx(model, stage / "model.onnx")
         ort_session(stage / "model.onnx", optimize=True)  # fails here, naming an unsupported op
         artifacts = {"model": files[0]}
@@ -60,7 +65,7 @@ class OnnxruntimeTarget:
             artifacts["weights"] = files[1]
         return Artifacts(
             artifacts,
-            {"graph_optimization_level": "all"},
+            {"graph_optimization_level": "all", **({"attention": attention} if attention else {})},
             fallbacks=[
                 {"graph_optimization_level": "all", "disabled_optimizers": ["MatMulScaleFusion"]},
                 {"graph_optimization_level": "basic"},

@@ -20,6 +20,7 @@ import onnx_ir as ir
 
 from edgec.core.binary_ops import DOMAIN
 from edgec.core.errors import UnsupportedOpError
+from edgec.passes import lower_attention
 from edgec.targets.binary_kernels import CONVERTERS, clear_kernels
 
 
@@ -81,10 +82,15 @@ def import_onnx(model: ir.Model) -> Any:
 
     TVM's importer reads only the `value` form of Constant (`value_ints` and the like fail with
     "no value in Constant"), so every Constant becomes an initializer first: the same values.
+    Attention blocks are imported decomposed (MatMul, Softmax, MatMul): TVM's own attention
+    op legalizes to the same unfused form on CPU (shared ATTENTION.md).
     """
     from onnx_ir.passes import common
     from tvm.relax.frontend.onnx import from_onnx
 
+    if lower_attention.attention_nodes(model):
+        model = lower_attention.copy(model)
+        lower_attention.lower(model)
     _check_domains(model)
     common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     proto = ir.serde.serialize_model(model)

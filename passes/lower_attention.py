@@ -1,0 +1,360 @@
+"""`ai.edgec::Attention` lowered to a target's form, chosen per block shape by measurement.
+
+Forms:
+- `decomposed`: Transpose(K), MatMul, Mul (scale), Add (bias), Softmax, MatMul: what every
+  runtime runs (onnxruntime fuses the scale into its FusedMatMul), and what TVM imports.
+- `mha`: onnxruntime's `com.microsoft.MultiHeadAttention` (query [B, S, N*H], key and value
+  [B, N, T, H], `attention_bias` [B|1, N|1, S, T], output [B, S, N*Hv]); the Transpose and
+  Reshape that made Q from [B, S, N*H] and that undo them after the block are read through.
+
+`onnxruntime_forms` times both on the block's shapes in onnxruntime, on the threads the
+bundle runs with, interleaved, medians, once per distinct shape; measured on these machines
+the fused kernel is rarely faster (shared ATTENTION.md), so the choice is recorded per block.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from edgec.core.binary_ops import ATTENTION, DOMAIN
+from edgec.core.irutil import ort_session
+from edgec.passes._ir import take_over
+
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the choice of form depends on."""
+
+    b: int
+    n: int
+    s: int
+    t: int
+    h: int
+    hv: int
+    bias: tuple[int, ...] | None  # None: no bias
+    bsd_in: bool  # Q is read through a Transpose(Reshape(x [B, S, N*H]))
+    bsd_out: bool  # the output goes on through Transpose and Reshape to [B, S, N*Hv]
+
+
+def attention_nodes(model: ir.Model) -> list[ir.Node]:
+    return [n for n in model.graph if n.domain == DOMAIN and n.op_type == ATTENTION]
+
+
+def copy(model: ir.Model) -> ir.Model:
+    """A copy of `model` to lower (the IR is shared by the back ends measure-and-pick builds)."""
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+
+
+Choice = Callable[["Shape"], tuple[str, dict[str, Any]]]
+
+
+def decomposed(_: Shape) -> tuple[str, dict[str, Any]]:
+    """The choice of targets without a fused kernel (TVM until it has an attention template)."""
+    return "decomposed", {}
+
+
+def lower(model: ir.Model, choose: Choice = decomposed) -> list[dict[str, Any]]:
+    """Lower every Attention node of `model` (in place) to the form `choose` picks for its
+    shape; returns what was chosen per block, with what `choose` says of it."""
+    chosen = []
+    for node in attention_nodes(model):
+        shape = _shape(node)
+        form, details = choose(shape) if shape is not None else ("decomposed", {})
+        if form == "mha" and shape is not None:
+            _mha(model.graph, node, shape)
+        else:
+            _decomposed(model.graph, node)
+        chosen.append({"block": node.name or "", "form": form, **details})
+    if not attention_nodes(model):
+        model.functions.pop((DOMAIN, ATTENTION, ""), None)
+    return chosen
+
+
+def timed(threads: int) -> Choice:
+    """A `choose` that times every possible form of each new shape in onnxruntime, on
+    `threads`, and picks the fastest (the p50 of each form goes with it)."""
+    timings: dict[Shape, dict[str, float]] = {}
+
+    def choose(shape: Shape) -> tuple[str, dict[str, Any]]:
+        if shape not in timings:
+            timings[shape] = _time_forms(shape, threads)
+        best = min(timings[shape], key=lambda f: timings[shape][f])
+        return best, {"p50_ms": timings[shape]} if len(timings[shape]) > 1 else {}
+
+    return choose
+
+
+def _static(value: ir.Value | None) -> tuple[int, ...] | None:
+    if value is None or value.shape is None:
+        return None
+    dims = tuple(value.shape)
+    return dims if all(isinstance(d, int) for d in dims) else None
+
+
+def _bias_shape(node: ir.Node) -> tuple[int, ...] | None:
+    bias = node.inputs[3]
+    if bias is None:
+        return None
+    const = bias.const_value
+    if const is not None and const.size == 1 and float(const.numpy().reshape(())) == 0.0:
+        return None
+    return _static(bias) or (-1,)
+
+
+def _q_source(node: ir.Node) -> ir.Value | None:
+    """x, where Q = Transpose(Reshape(x [B, S, N*H], [B, S, N, H]), [0, 2, 1, 3])."""
+    t = node.inputs[0].producer() if node.inputs[0] is not None else None
+    if (
+        t is None
+        or t.op_type != "Transpose"
+        or list(t.attributes.get_ints("perm", [])) != [0, 2, 1, 3]
+    ):
+        return None
+    r = t.inputs[0].producer() if t.inputs[0] is not None else None
+    if r is None or r.op_type != "Reshape":
+        return None
+    x = r.inputs[0]
+    xs, qs = _static(x), _static(node.inputs[0])
+    if xs is None or qs is None or xs != (qs[0], qs[2], qs[1] * qs[3]):
+        return None
+    return x
+
+
+def _out_sink(node: ir.Node) -> ir.Value | None:
+    """y, where the output goes on only through Transpose [0, 2, 1, 3] and Reshape to
+    y [B, S, N*Hv]."""
+    out = node.outputs[0]
+    uses = out.uses()
+    if len(uses) != 1 or out.is_graph_output():
+        return None
+    t = uses[0].node
+    if t.op_type != "Transpose" or list(t.attributes.get_ints("perm", [])) != [0, 2, 1, 3]:
+        return None
+    tu = t.outputs[0].uses()
+    if len(tu) != 1 or t.outputs[0].is_graph_output() or tu[0].node.op_type != "Reshape":
+        return None
+    y = tu[0].node.outputs[0]
+    ys, os_ = _static(y), _static(out)
+    if ys is None or os_ is None or ys != (os_[0], os_[2], os_[1] * os_[3]):
+        return None
+    return y
+
+
+def _shape(node: ir.Node) -> Shape | None:
+    q, k, v = (_static(node.inputs[i]) for i in range(3))
+    if q is None or k is None or v is None:
+        return None
+    return Shape(
+        q[0],
+        q[1],
+        q[2],
+        k[2],
+        q[3],
+        v[3],
+        _bias_shape(node),
+        _q_source(node) is not None,
+        _out_sink(node) is not None,
+    )
+
+
+def _mha_bias(shape: Shape) -> tuple[int, ...] | None:
+    """The bias as attention_bias [B|1, N|1, S, T], or None when it cannot be one."""
+    if shape.bias is None:
+        return None
+    dims = (1,) * (4 - len(shape.bias)) + shape.bias
+    if len(dims) != 4 or dims[0] not in (1, shape.b) or dims[1] not in (1, shape.n):
+        return None
+    return (dims[0], dims[1], shape.s, shape.t)
+
+
+def mha_possible(shape: Shape) -> bool:
+    if shape.bias is not None and -1 in shape.bias:
+        return False
+    return shape.bias is None or _mha_bias(shape) is not None
+
+
+def _decomposed(graph: ir.Graph, node: ir.Node) -> None:
+    q, k, v, bias = node.inputs[:4]
+    scale = node.attributes.get_float("scale", 1.0)
+    base = node.name or "attention"
+    nodes = [ir.node("Transpose", [k], attributes={"perm": [0, 1, 3, 2]}, name=f"{base}/k_t")]
+    nodes.append(ir.node("MatMul", [q, nodes[-1].outputs[0]], name=f"{base}/qk"))
+    if scale != 1.0:
+        c = ir.Value(name=f"{base}/scale", const_value=ir.tensor(np.float32(scale)))
+        c.shape, c.type = ir.Shape([]), ir.TensorType(ir.DataType.FLOAT)
+        graph.register_initializer(_unique(graph, c))
+        nodes.append(ir.node("Mul", [nodes[-1].outputs[0], c], name=f"{base}/scale"))
+    if bias is not None and _bias_shape(node) is not None:
+        nodes.append(ir.node("Add", [nodes[-1].outputs[0], bias], name=f"{base}/bias"))
+    nodes.append(ir.node("Softmax", [nodes[-1].outputs[0]], attributes={"axis": -1}, name=base))
+    nodes.append(ir.node("MatMul", [nodes[-1].outputs[0], v], name=f"{base}/pv"))
+    _replace(graph, node, nodes, node.outputs[0], nodes[-1].outputs[0])
+
+
+def _mha(graph: ir.Graph, node: ir.Node, shape: Shape) -> None:
+    q, k, v, bias = node.inputs[:4]
+    base = node.name or "attention"
+    nodes: list[ir.Node] = []
+    x = _q_source(node)
+    if x is None:
+        t = ir.node("Transpose", [q], attributes={"perm": [0, 2, 1, 3]}, name=f"{base}/q_bsnh")
+        r = ir.node(
+            "Reshape", [t.outputs[0], _ints(graph, [shape.b, shape.s, shape.n * shape.h], base)]
+        )
+        nodes += [t, r]
+        x = r.outputs[0]
+    inputs: list[ir.Value | None] = [x, k, v, None, None, None]
+    bias_dims = _mha_bias(shape)
+    if bias_dims is not None and bias is not None:
+        if bias.const_value is not None:
+            array = np.broadcast_to(
+                bias.const_value.numpy().reshape(
+                    (1,) * (4 - len(shape.bias or ())) + tuple(shape.bias or ())
+                ),
+                bias_dims,
+            )
+            c = ir.Value(
+                name=f"{base}/attention_bias", const_value=ir.tensor(np.ascontiguousarray(array))
+            )
+            c.shape, c.type = ir.Shape(list(bias_dims)), ir.TensorType(ir.DataType.FLOAT)
+            graph.register_initializer(_unique(graph, c))
+            inputs[5] = c
+        else:
+            e = ir.node("Expand", [bias, _ints(graph, list(bias_dims), base)], name=f"{base}/bias4")
+            nodes.append(e)
+            inputs[5] = e.outputs[0]
+    mha = ir.node(
+        "MultiHeadAttention",
+        inputs,
+        attributes={"num_heads": shape.n, "scale": node.attributes.get_float("scale", 1.0)},
+        domain=MS_DOMAIN,
+        name=base,
+    )
+    nodes.append(mha)
+    graph.opset_imports.setdefault(MS_DOMAIN, 1)
+    sink = _out_sink(node)
+    if sink is not None:
+        _replace(graph, node, nodes, sink, mha.outputs[0])
+        return
+    r = ir.node(
+        "Reshape", [mha.outputs[0], _ints(graph, [shape.b, shape.s, shape.n, shape.hv], base)]
+    )
+    t = ir.node("Transpose", [r.outputs[0]], attributes={"perm": [0, 2, 1, 3]})
+    nodes += [r, t]
+    _replace(graph, node, nodes, node.outputs[0], t.outputs[0])
+
+
+def _ints(graph: ir.Graph, values: list[int], base: str) -> ir.Value:
+    c = ir.Value(name=f"{base}/shape", const_value=ir.tensor(np.array(values, np.int64)))
+    c.shape, c.type = ir.Shape([len(values)]), ir.TensorType(ir.DataType.INT64)
+    graph.register_initializer(_unique(graph, c))
+    return c
+
+
+def _unique(graph: ir.Graph, value: ir.Value) -> ir.Value:
+    base, n = value.name or "c", 0
+    while value.name in graph.initializers:
+        n += 1
+        value.name = f"{base}_{n}"
+    return value
+
+
+def _replace(
+    graph: ir.Graph, node: ir.Node, nodes: list[ir.Node], old: ir.Value, new: ir.Value
+) -> None:
+    """Insert `nodes` before `node`, let `new` take `old`'s readers (and name, if an output),
+    and drop what only `old` needed."""
+    graph.insert_before(node, nodes)
+    new.shape, new.type = old.shape, old.type
+    take_over(old, new)
+    dead = [n for n in (old.producer(),) if n is not None]
+    while dead:
+        n = dead.pop()
+        if n.graph is None or any(o.uses() or o.is_graph_output() for o in n.outputs):
+            continue
+        producers = [i.producer() for i in n.inputs if i is not None]
+        graph.remove(n, safe=True)
+        dead += [p for p in producers if p is not None and p.graph is graph]
+
+
+def _time_forms(shape: Shape, threads: int) -> dict[str, float]:
+    """p50 ms of each possible form on random inputs of `shape`, interleaved."""
+    forms = ["decomposed", "mha"] if mha_possible(shape) else ["decomposed"]
+    if len(forms) == 1:
+        return {"decomposed": 0.0}
+    rng = np.random.default_rng(0)
+    sessions, feeds = {}, {}
+    for form in forms:
+        model, feed = _micro_model(shape, form, rng)
+        sessions[form] = ort_session(model, optimize=True, threads=threads)
+        feeds = feed
+    times: dict[str, list[float]] = {f: [] for f in forms}
+    for s in sessions.values():
+        s.run(None, feeds)
+    for _ in range(15):
+        for form, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feeds)
+            times[form].append(time.perf_counter() - t0)
+    return {f: round(float(np.median(t)) * 1e3, 4) for f, t in times.items()}
+
+
+def _micro_model(shape: Shape, form: str, rng: np.random.Generator) -> tuple[ir.Model, dict]:
+    """One block of `shape` alone, in `form`, with the Transposes it would carry in place."""
+    b, n, s, t, h, hv = shape.b, shape.n, shape.s, shape.t, shape.h, shape.hv
+    f32 = ir.TensorType(ir.DataType.FLOAT)
+
+    def value(name: str, dims: tuple[int, ...]) -> ir.Value:
+        return ir.Value(name=name, shape=ir.Shape(list(dims)), type=f32)
+
+    feeds: dict[str, np.ndarray] = {}
+    graph = ir.Graph([], [], nodes=[], opset_imports={"": 18, DOMAIN: 1}, name="block")
+    inputs = []
+    if shape.bsd_in:
+        x = value("x", (b, s, n * h))
+        r = ir.node("Reshape", [x, _ints(graph, [b, s, n, h], "q")])
+        tq = ir.node("Transpose", [r.outputs[0]], attributes={"perm": [0, 2, 1, 3]})
+        graph.extend([r, tq])
+        q = tq.outputs[0]
+        q.shape = ir.Shape([b, n, s, h])
+        inputs.append(x)
+    else:
+        q = value("x", (b, n, s, h))
+        inputs.append(q)
+    k, v = value("k", (b, n, t, h)), value("v", (b, n, t, hv))
+    inputs += [k, v]
+    if shape.bias is None:
+        bias = value("bias0", ())
+        bias.const_value = ir.tensor(np.float32(0.0))
+        graph.register_initializer(bias)
+    else:
+        bias = value("bias", shape.bias)
+        inputs.append(bias)
+    for i in inputs:
+        feeds[i.name or ""] = rng.standard_normal(tuple(i.shape), dtype=np.float32)
+    node = ir.node(
+        ATTENTION, [q, k, v, bias], attributes={"scale": float(1.0 / np.sqrt(h))}, domain=DOMAIN
+    )
+    out = node.outputs[0]
+    out.shape, out.type = ir.Shape([b, n, s, hv]), f32
+    graph.append(node)
+    y = out
+    if shape.bsd_out:
+        to = ir.node("Transpose", [out], attributes={"perm": [0, 2, 1, 3]})
+        ro = ir.node("Reshape", [to.outputs[0], _ints(graph, [b, s, n * hv], "y")])
+        graph.extend([to, ro])
+        y = ro.outputs[0]
+        y.shape, y.type = ir.Shape([b, s, n * hv]), f32
+    graph.inputs.extend(inputs)
+    graph.outputs.append(y)
+    model = ir.Model(graph, ir_version=10)
+    lower(model, lambda _: (form, {}))
+    return model, feeds
