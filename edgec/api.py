@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import onnx_ir as ir
+
 from edgec import teacher_forcing
 from edgec.core.binary_ops import has_binary_ops
 from edgec.core.errors import OptionError, UnsupportedOpError
@@ -45,6 +47,9 @@ def default_output(source: Any, target: str) -> Path:
 
 
 AUTO_BACKENDS = ("cpu", "x86_64")  # the targets `--backend auto` measures against each other
+SOURCE_GRAPH = "onnxruntime-source"  # cpu, auto: onnxruntime on the source graph, no passes
+# ... kept only when the compiled candidates are slower by both this ratio and this much
+SOURCE_MARGIN, SOURCE_FLOOR_MS = 1.05, 0.05
 
 
 def compile(
@@ -86,7 +91,9 @@ def compile(
     backend: for `cpu` and `x86_64`, "auto" builds onnxruntime and TVM, checks both and keeps
       the faster one on this host; "onnxruntime" or "tvm" builds just that one. For `cpu`,
       auto builds TVM only where it can win (binary ops, `tune`, or tuning records for every
-      kernel) and the manifest's `selection` says why it did not.
+      kernel) and the manifest's `selection` says why it did not; it also measures
+      onnxruntime on the source graph without edgec's passes (optimized as torch's default
+      export is) and keeps it when it is clearly faster: never slower than that export.
     mcpu, tune, tune_time: the TVM targets' CPU, and MetaSchedule's trial and time budgets.
     binarize: a regular expression of layer names (module paths); the matching Linear and 1x1
       Conv layers are binarized after the pipeline (`edgec.passes.binarize_layers`), each
@@ -138,6 +145,12 @@ def compile(
     InferShapes()(prepared.model)
     stats_before = graph_stats(prepared.model)
 
+    # the source graph as torch's default export would optimize it: a candidate of its own, so
+    # that the cpu target is never slower than onnxruntime on the export users have
+    source_graph = None
+    if backend == "auto" and target == "cpu" and not binarize:
+        source_graph = _default_export_form(prepared.model)
+
     pipeline = candidates[0].pipeline
     step(f"running the '{pipeline}' pipeline" + (" (verified)" if verify else ""))
     t0 = time.perf_counter()
@@ -183,30 +196,34 @@ def compile(
     with staged_bundle(out) as stage:
         built: list[_Built] = []
         failures: dict[str, str] = {}
-        for tgt in candidates:
-            folder = stage if len(candidates) == 1 else stage / f".candidate-{tgt.backend}"
+        builds = [(t.backend, t, prepared.model) for t in candidates]
+        if source_graph is not None:
+            builds.append((SOURCE_GRAPH, candidates[0], source_graph))
+        for label, tgt, model in builds:
+            folder = stage if len(builds) == 1 else stage / f".candidate-{label}"
             folder.mkdir(exist_ok=True)
-            step(f"emitting {tgt.backend} artifacts")
+            step(f"emitting {label} artifacts")
             try:
-                built.append(
-                    _build(tgt, prepared, options, folder, tolerance, threads, device, timings)
+                one = _build(
+                    tgt, prepared, options, folder, tolerance, threads, device, timings, model
                 )
+                built.append(replace(one, label=label))
             except (
                 BundleCheckError,
                 UnsupportedOpError,
                 teacher_forcing.TeacherForcingError,
             ) as e:
-                if len(candidates) == 1:
+                if len(builds) == 1:
                     raise
-                failures[tgt.backend] = str(e)
-                log.warning("back end %s left out: %s", tgt.backend, e)
+                failures[label] = str(e)
+                log.warning("back end %s left out: %s", label, e)
             except Exception as e:  # a fault of TVM or onnxruntime; measure-and-pick has others
-                if len(candidates) == 1 or not _upstream_fault(e):
+                if len(builds) == 1 or not _upstream_fault(e):
                     raise
-                why = f"internal error in the {tgt.backend} back end: {type(e).__name__}: {e}"
-                failures[tgt.backend] = why.splitlines()[0]
-                log.warning("back end %s left out (%s); -v shows the traceback", tgt.backend, why)
-                log.info("traceback of the %s back end", tgt.backend, exc_info=True)
+                why = f"internal error in the {label} back end: {type(e).__name__}: {e}"
+                failures[label] = why.splitlines()[0]
+                log.warning("back end %s left out (%s); -v shows the traceback", label, why)
+                log.info("traceback of the %s back end", label, exc_info=True)
         if not built:
             raise BundleCheckError(
                 "no back end produced a bundle within tolerance: "
@@ -214,17 +231,7 @@ def compile(
             )
         chosen = built[0]
         selection: dict[str, Any] = {}
-        if skipped:
-            selection = {
-                "rule": "the only back end that can win on this host",
-                "chosen": chosen.manifest.backend,
-                "threads": threads,
-                "candidates": {
-                    chosen.manifest.backend: {"max_rel_error": chosen.error},
-                    **{k: {"skipped": v} for k, v in skipped.items()},
-                },
-            }
-        elif len(candidates) > 1:
+        if len(builds) > 1:
             step("timing the back ends on this host")
             best, selection = pick_fastest(
                 [Bundle(b.folder, b.manifest) for b in built],
@@ -232,12 +239,37 @@ def compile(
                 prepared.inputs,
                 threads,
                 failures,
+                labels=[b.label for b in built],
             )
             chosen = built[best]
+            if chosen.label == SOURCE_GRAPH:  # kept only when clearly faster (noise aside)
+                timed = selection["candidates"]
+                others = [b for b in built if b.label != SOURCE_GRAPH]
+                if others:
+                    runner_up = min(others, key=lambda b: timed[b.label]["p50_ms"])
+                    theirs, ours = timed[SOURCE_GRAPH]["p50_ms"], timed[runner_up.label]["p50_ms"]
+                    if ours <= SOURCE_MARGIN * theirs or ours - theirs < SOURCE_FLOOR_MS:
+                        chosen = runner_up
+                        selection["chosen"] = chosen.label
             for name in chosen.manifest.artifacts.values():
                 os.replace(chosen.folder / name, stage / name)
             for b in built:
                 shutil.rmtree(b.folder, ignore_errors=True)
+        elif skipped:
+            selection = {
+                "rule": "the only back end that can win on this host",
+                "chosen": chosen.label,
+                "threads": threads,
+                "candidates": {chosen.label: {"max_rel_error": chosen.error}},
+            }
+        if selection:
+            selection["candidates"].update({k: {"skipped": v} for k, v in skipped.items()})
+        if chosen.label == SOURCE_GRAPH and source_graph is not None:
+            selection["note"] = (
+                "edgec's passes made this model slower here: the bundle holds the source graph "
+                "as torch's default export optimizes it"
+            )
+            stats_after = graph_stats(source_graph)
         manifest = chosen.manifest
         save_reference(stage, prepared.inputs, chosen.own_outputs or prepared.outputs)
         _describe(
@@ -391,6 +423,19 @@ class _Built:
     # the bundle's own outputs, when a teacher-forced check accepted them in place of the
     # reference's (binarization ties); None: the reference's outputs stand
     own_outputs: dict[str, Any] | None = None
+    label: str = ""  # the candidate's name in measure-and-pick
+
+
+def _default_export_form(model: ir.Model) -> ir.Model:
+    """A copy of the frontend's graph, optimized as `torch.onnx.export(dynamo=True)` does by
+    default (onnxscript's optimizer, then its ONNX fusions)."""
+    import onnxscript.optimizer
+    import onnxscript.rewriter.onnx_fusions
+
+    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    onnxscript.optimizer.optimize_ir(copy)
+    onnxscript.rewriter.onnx_fusions.fuse(copy)
+    return copy
 
 
 def _build(
@@ -402,19 +447,22 @@ def _build(
     threads: int,
     device: str | None,
     timings: dict[str, float],
+    model: ir.Model | None = None,
 ) -> _Built:
+    """Compile `model` (by default the pipeline's IR) for `tgt` into `folder` and check it."""
     from edgec.core.irutil import input_specs, output_specs
     from edgec.runtime.tvm_backend import host_triple
 
     t0 = time.perf_counter()
-    artifacts = tgt.compile(prepared.model, options, folder)
+    model = prepared.model if model is None else model
+    artifacts = tgt.compile(model, options, folder)
     timings[f"target_{tgt.name}_s"] = time.perf_counter() - t0
     manifest = Manifest(
         target=tgt.name,
         backend=tgt.backend,
         artifacts=artifacts.files,
-        inputs=input_specs(prepared.model),
-        outputs=output_specs(prepared.model),
+        inputs=input_specs(model),
+        outputs=output_specs(model),
         backend_options=artifacts.backend_options,
     )
     triple = artifacts.backend_options.get("triple")
@@ -451,12 +499,12 @@ def _build(
             artifacts.fallbacks,
         )
     except BundleCheckError as e:
-        if prepared.intermediates is None or not has_binary_ops(prepared.model):
+        if prepared.intermediates is None or not has_binary_ops(model):
             raise
         log.info("%s; checking the binarized layers with teacher forcing", e)
         untuned = replace(options, tune=0, tune_time=None)
         report, kept = teacher_forcing.check(
-            prepared.model,
+            model,
             teacher_forcing.build_like(
                 lambda ir_, where: tgt.compile(ir_, untuned, where), tgt.name, tgt.backend
             ),

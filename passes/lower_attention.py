@@ -324,7 +324,7 @@ def _micro_model(shape: Shape, form: str, rng: np.random.Generator) -> tuple[ir.
         tq = ir.node("Transpose", [r.outputs[0]], attributes={"perm": [0, 2, 1, 3]})
         graph.extend([r, tq])
         q = tq.outputs[0]
-        q.shape = ir.Shape([b, n, s, h])
+        q.shape, q.type = ir.Shape([b, n, s, h]), f32
         inputs.append(x)
     else:
         q = value("x", (b, n, s, h))

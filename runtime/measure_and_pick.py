@@ -24,8 +24,10 @@ def pick_fastest(
     threads: int,
     failures: dict[str, str],
     budget_s: float = 10.0,
+    labels: list[str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Time every checked candidate on the reference input, interleaved, and keep the fastest.
+    """Time every checked candidate on the reference input, interleaved, and keep the fastest
+    (`labels`: the candidates' names, by default their back ends).
 
     Rounds alternate between back ends so that noise hits both alike; timing stops after
     `budget_s` once every candidate has 3 runs, or early when one is 3x slower than another.
@@ -47,12 +49,13 @@ def pick_fastest(
             break
     medians = [float(np.median(t)) for t in times]
     best = int(np.argmin(medians))
+    names = labels if labels is not None else [b.manifest.backend for b in bundles]
     selection: dict[str, Any] = {
         "rule": "fastest on this host among the back ends within tolerance",
-        "chosen": bundles[best].manifest.backend,
+        "chosen": names[best],
         "threads": threads,
         "candidates": {
-            b.manifest.backend: {
+            name: {
                 "p50_ms": round(m * 1e3, 3),
                 "runs": len(t),
                 "max_rel_error": error,
@@ -62,15 +65,13 @@ def pick_fastest(
                     else {}
                 ),
             }
-            for b, error, m, t in zip(bundles, errors, medians, times, strict=True)
+            for name, b, error, m, t in zip(names, bundles, errors, medians, times, strict=True)
         },
     }
     for name, why in failures.items():
         selection["candidates"][name] = {"failed": why}
     log.info(
         "measure-and-pick: %s",
-        ", ".join(
-            f"{b.manifest.backend} {m * 1e3:.2f} ms" for b, m in zip(bundles, medians, strict=True)
-        ),
+        ", ".join(f"{name} {m * 1e3:.2f} ms" for name, m in zip(names, medians, strict=True)),
     )
     return best, selection

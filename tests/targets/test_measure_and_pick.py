@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
 
 import edgec
 from edgec.core.errors import UnsupportedOpError
+from edgec.passes.base import EdgecPass
 from edgec.runtime.session import Session
 from edgec.targets.tvm import TvmTarget
 from tests.conftest import make_onnx_model
@@ -48,7 +50,8 @@ def test_cpu_auto_skips_untuned_tvm_for_a_float_model(
     onnx.save(make_onnx_model(), path)
     bundle = edgec.compile(path, output=tmp_path / "b")
     sel = bundle.manifest.selection
-    assert sel["chosen"] == bundle.manifest.backend == "onnxruntime"
+    assert bundle.manifest.backend == "onnxruntime"
+    assert sel["chosen"] in ("onnxruntime", "onnxruntime-source")
     assert "untuned TVM cannot win" in sel["candidates"]["tvm"]["skipped"]
     assert sel["candidates"]["onnxruntime"]["max_rel_error"] <= 1e-4
 
@@ -97,7 +100,7 @@ def test_report_shows_the_choice(cli, tmp_path: Path) -> None:
     assert "measure-and-pick" in r.out and "chosen by measurement" in r.out
     r = cli("compile", path, "-o", tmp_path / "c", "--report")
     assert r.code == 0, r.err
-    assert "the only candidate" in r.out and "tvm not built" in r.out
+    assert "onnxruntime-source" in r.out and "tvm not built" in r.out
 
 
 def test_tuning_options_need_a_tvm_back_end(cli, tmp_path: Path) -> None:
@@ -130,3 +133,53 @@ def test_a_fault_inside_tvm_leaves_tvm_out(tmp_path) -> None:
     assert bundle.manifest.backend == "onnxruntime"
     failed = bundle.manifest.selection["candidates"]["tvm"]["failed"]
     assert failed.startswith("internal error in the tvm back end")
+
+
+class _Slowdown(EdgecPass):
+    """A pass that makes the model slower and changes nothing: y + 0 * sum(expand(x))."""
+
+    name = "slowdown"
+
+    def rewrite(self, model: ir.Model) -> int:
+        graph = model.graph
+        x, y = graph.inputs[0], graph.outputs[0]
+        big = ir.Value(name="big_shape", const_value=ir.tensor(np.array([4096, 3, 16, 16])))
+        graph.register_initializer(big)
+        zero = ir.Value(name="slow_zero", const_value=ir.tensor(np.float32(0.0)))
+        graph.register_initializer(zero)
+        expand = ir.node("Expand", [x, big])
+        total = ir.node("ReduceSum", [expand.outputs[0]], attributes={"keepdims": 0})
+        scaled = ir.node("Mul", [total.outputs[0], zero])
+        add = ir.node("Add", [y, scaled.outputs[0]])
+        graph.extend([expand, total, scaled, add])
+        name = y.name
+        y.name = "y_before"
+        add.outputs[0].name = name
+        add.outputs[0].shape, add.outputs[0].type = y.shape, y.type
+        graph.outputs[0] = add.outputs[0]
+        return 1
+
+
+def test_cpu_auto_keeps_the_source_graph_when_the_passes_slow_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never slower than onnxruntime on the export users have: the source graph (optimized
+    as torch's default export is) is a candidate, kept when it is clearly faster."""
+    from edgec.passes import pipelines
+
+    monkeypatch.setitem(pipelines.PIPELINES, "cpu", lambda: [_Slowdown()])
+    path = tmp_path / "small.onnx"
+    onnx.save(make_onnx_model(), path)
+    bundle = edgec.compile(path, output=tmp_path / "b")
+    sel = bundle.manifest.selection
+    cands = sel["candidates"]
+    assert cands["onnxruntime-source"]["p50_ms"] * 2 < cands["onnxruntime"]["p50_ms"]
+    assert sel["chosen"] == "onnxruntime-source" and "slower" in sel["note"]
+    ops = {n.op_type for n in onnx.load(bundle.path / "model.onnx").graph.node}
+    assert "Expand" not in ops  # the source, as torch's default export optimizes it
+    assert Session(bundle).verify().ok
+
+    monkeypatch.setitem(pipelines.PIPELINES, "cpu", pipelines.cpu)  # the passes help
+    bundle = edgec.compile(path, output=tmp_path / "c")
+    assert "onnxruntime-source" in bundle.manifest.selection["candidates"]
+    assert bundle.manifest.selection["chosen"] in ("onnxruntime", "onnxruntime-source")
