@@ -142,11 +142,30 @@ Attention <scale> (Q, K, V, bias) => (Y) {{
     Y = MatMul (p, V)
 }}"""
 
+# LinearAttention(Q[B, N, C], K[B, M, C], V[B, M, D]) <eps> = (Q (K^T V)) / (Q sum_j K_j + eps):
+# `edgec.passes.map_linear_attention`; the body computes K^T V first.
+LINEAR_ATTENTION = "LinearAttention"
+_LINEAR_ATTENTION_TEXT = f"""{_HEADER}
+LinearAttention <eps> (Q, K, V) => (Y) {{
+    kt = Transpose <perm = [0, 2, 1]> (K)
+    kv = MatMul (kt, V)
+    num = MatMul (Q, kv)
+    axes = Constant <value_ints = [1]> ()
+    ksum = ReduceSum <keepdims = 1> (K, axes)
+    kst = Transpose <perm = [0, 2, 1]> (ksum)
+    dot = MatMul (Q, kst)
+    e = Constant <value_float: float = @eps> ()
+    den = Add (dot, e)
+    z = Reciprocal (den)
+    Y = Mul (num, z)
+}}"""
+_OTHER_TEXT = {ATTENTION: _ATTENTION_TEXT, LINEAR_ATTENTION: _LINEAR_ATTENTION_TEXT}
+
 
 def function_proto(op_type: str, opset: int = MIN_OPSET) -> onnx.FunctionProto:
     """The op's body, importing the standard domain at the model's `opset` (runtimes inline a
     body at the model's version; its ops mean the same from MIN_OPSET on)."""
-    text = _ATTENTION_TEXT if op_type == ATTENTION else FUNCTION_TEXT[op_type]
+    text = _OTHER_TEXT.get(op_type) or FUNCTION_TEXT[op_type]
     text = text.replace(f'["" : {MIN_OPSET}]', f'["" : {opset}]', 1)
     return onnx.parser.parse_function(text)
 

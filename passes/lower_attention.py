@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from edgec.core.binary_ops import ATTENTION, DOMAIN
+from edgec.core.binary_ops import ATTENTION, DOMAIN, LINEAR_ATTENTION
 from edgec.core.irutil import ort_session
 from edgec.passes._ir import take_over
 
@@ -44,8 +44,34 @@ class Shape:
     bsd_out: bool  # the output goes on through Transpose and Reshape to [B, S, N*Hv]
 
 
+@dataclass(frozen=True)
+class LinearShape:
+    """A LinearAttention's shape: Q [b, i, c], K [b, j, c], V [b, j, d]."""
+
+    b: int
+    i: int
+    j: int
+    c: int
+    d: int
+
+    @property
+    def kv_first(self) -> bool:
+        """K^T V first is cheaper (SLAB's rule: i j (c + d) > c d (i + j))."""
+        return self.i * self.j * (self.c + self.d) > self.c * self.d * (self.i + self.j)
+
+
+def forms(shape: Shape | LinearShape) -> list[str]:
+    """The forms a block of `shape` can be lowered to on onnxruntime, the default first."""
+    if isinstance(shape, LinearShape):
+        order = "kv_first" if shape.kv_first else "qk_first"
+        return [order, f"einsum_{order}"]  # onnxruntime's Einsum against its MatMuls
+    return ["decomposed", "mha"] if mha_possible(shape) else ["decomposed"]
+
+
 def attention_nodes(model: ir.Model) -> list[ir.Node]:
-    return [n for n in model.graph if n.domain == DOMAIN and n.op_type == ATTENTION]
+    """The canonical attention ops of the main graph (softmax and linear)."""
+    kinds = (ATTENTION, LINEAR_ATTENTION)
+    return [n for n in model.graph if n.domain == DOMAIN and n.op_type in kinds]
 
 
 def copy(model: ir.Model) -> ir.Model:
@@ -53,12 +79,13 @@ def copy(model: ir.Model) -> ir.Model:
     return ir.serde.deserialize_model(ir.serde.serialize_model(model))
 
 
-Choice = Callable[["Shape"], tuple[str, dict[str, Any]]]
+Choice = Callable[["Shape | LinearShape"], tuple[str, dict[str, Any]]]
 
 
-def decomposed(_: Shape) -> tuple[str, dict[str, Any]]:
-    """The choice of targets without a fused kernel (TVM until it has an attention template)."""
-    return "decomposed", {}
+def decomposed(shape: Shape | LinearShape) -> tuple[str, dict[str, Any]]:
+    """The choice of targets without a fused kernel (TVM until it has attention templates):
+    MatMuls, linear attention in the cheaper product order."""
+    return forms(shape)[0], {}
 
 
 def lower(model: ir.Model, choose: Choice = decomposed) -> list[dict[str, Any]]:
@@ -66,6 +93,12 @@ def lower(model: ir.Model, choose: Choice = decomposed) -> list[dict[str, Any]]:
     shape; returns what was chosen per block, with what `choose` says of it."""
     chosen = []
     for node in attention_nodes(model):
+        if node.op_type == LINEAR_ATTENTION:
+            linear = _linear_shape(node)
+            form, details = choose(linear) if linear is not None else ("kv_first", {})
+            _linear(model.graph, node, form)
+            chosen.append({"block": node.name or "", "form": form, **details})
+            continue
         shape = _shape(node)
         form, details = choose(shape) if shape is not None else ("decomposed", {})
         if form == "mha" and shape is not None:
@@ -73,17 +106,17 @@ def lower(model: ir.Model, choose: Choice = decomposed) -> list[dict[str, Any]]:
         else:
             _decomposed(model.graph, node)
         chosen.append({"block": node.name or "", "form": form, **details})
-    if not attention_nodes(model):
-        model.functions.pop((DOMAIN, ATTENTION, ""), None)
+    for kind in (ATTENTION, LINEAR_ATTENTION):
+        model.functions.pop((DOMAIN, kind, ""), None)
     return chosen
 
 
 def timed(threads: int) -> Choice:
     """A `choose` that times every possible form of each new shape in onnxruntime, on
     `threads`, and picks the fastest (the p50 of each form goes with it)."""
-    timings: dict[Shape, dict[str, float]] = {}
+    timings: dict[Shape | LinearShape, dict[str, float]] = {}
 
-    def choose(shape: Shape) -> tuple[str, dict[str, Any]]:
+    def choose(shape: Shape | LinearShape) -> tuple[str, dict[str, Any]]:
         if shape not in timings:
             timings[shape] = _time_forms(shape, threads)
         best = min(timings[shape], key=lambda f: timings[shape][f])
@@ -199,6 +232,64 @@ def _decomposed(graph: ir.Graph, node: ir.Node) -> None:
     _replace(graph, node, nodes, node.outputs[0], nodes[-1].outputs[0])
 
 
+def _linear_shape(node: ir.Node) -> LinearShape | None:
+    q, k, v = (_static(node.inputs[i]) for i in range(3))
+    if q is None or k is None or v is None:
+        return None
+    return LinearShape(q[0], q[1], k[1], k[2], v[2])
+
+
+def _linear(graph: ir.Graph, node: ir.Node, form: str) -> None:
+    """LinearAttention in `form`: `kv_first` / `qk_first` (MatMuls in that product order) or
+    `einsum_kv_first` / `einsum_qk_first` (onnxruntime's Einsum, as SLAB's code writes it)."""
+    q, k, v = node.inputs[:3]
+    eps = node.attributes.get_float("eps", 0.0)
+    base = node.name or "linear_attention"
+    e = ir.Value(name=f"{base}/eps", const_value=ir.tensor(np.float32(eps)))
+    e.shape, e.type = ir.Shape([]), ir.TensorType(ir.DataType.FLOAT)
+    graph.register_initializer(_unique(graph, e))
+    if form.startswith("einsum_"):
+        ksum = ir.node("ReduceSum", [k, _ints(graph, [1], base)], attributes={"keepdims": 0})
+        dot = ir.node("Einsum", [q, ksum.outputs[0]], attributes={"equation": "bic,bc->bi"})
+        den = ir.node("Add", [dot.outputs[0], e])
+        z = ir.node("Reciprocal", [den.outputs[0]])
+        if form == "einsum_kv_first":
+            kv = ir.node("Einsum", [k, v], attributes={"equation": "bjc,bjd->bcd"})
+            y = ir.node(
+                "Einsum",
+                [q, kv.outputs[0], z.outputs[0]],
+                attributes={"equation": "bic,bcd,bi->bid"},
+                name=base,
+            )
+        else:
+            kv = ir.node("Einsum", [q, k], attributes={"equation": "bic,bjc->bij"})
+            y = ir.node(
+                "Einsum",
+                [kv.outputs[0], v, z.outputs[0]],
+                attributes={"equation": "bij,bjd,bi->bid"},
+                name=base,
+            )
+        _replace(graph, node, [ksum, dot, den, z, kv, y], node.outputs[0], y.outputs[0])
+        return
+    kt = ir.node("Transpose", [k], attributes={"perm": [0, 2, 1]}, name=f"{base}/k_t")
+    if form == "kv_first":
+        kv = ir.node("MatMul", [kt.outputs[0], v], name=f"{base}/kv")
+        num = ir.node("MatMul", [q, kv.outputs[0]], name=f"{base}/q_kv")
+    else:
+        kv = ir.node("MatMul", [q, kt.outputs[0]], name=f"{base}/qk")
+        num = ir.node("MatMul", [kv.outputs[0], v], name=f"{base}/qk_v")
+    ksum = ir.node(
+        "ReduceSum", [k, _ints(graph, [1], base)], attributes={"keepdims": 1}, name=f"{base}/k_sum"
+    )
+    kst = ir.node("Transpose", [ksum.outputs[0]], attributes={"perm": [0, 2, 1]})
+    dot = ir.node("MatMul", [q, kst.outputs[0]], name=f"{base}/normaliser")
+    den = ir.node("Add", [dot.outputs[0], e])
+    z = ir.node("Reciprocal", [den.outputs[0]])
+    y = ir.node("Mul", [num.outputs[0], z.outputs[0]], name=base)
+    nodes = [kt, kv, num, ksum, kst, dot, den, z, y]
+    _replace(graph, node, nodes, node.outputs[0], y.outputs[0])
+
+
 def _mha(graph: ir.Graph, node: ir.Node, shape: Shape) -> None:
     q, k, v, bias = node.inputs[:4]
     base = node.name or "attention"
@@ -285,18 +376,21 @@ def _replace(
         dead += [p for p in producers if p is not None and p.graph is graph]
 
 
-def _time_forms(shape: Shape, threads: int) -> dict[str, float]:
+def _time_forms(shape: Shape | LinearShape, threads: int) -> dict[str, float]:
     """p50 ms of each possible form on random inputs of `shape`, interleaved."""
-    forms = ["decomposed", "mha"] if mha_possible(shape) else ["decomposed"]
-    if len(forms) == 1:
-        return {"decomposed": 0.0}
+    candidates = forms(shape)
+    if len(candidates) == 1:
+        return {candidates[0]: 0.0}
     rng = np.random.default_rng(0)
     sessions, feeds = {}, {}
-    for form in forms:
-        model, feed = _micro_model(shape, form, rng)
+    for form in candidates:
+        if isinstance(shape, LinearShape):
+            model, feed = _micro_linear(shape, form, rng)
+        else:
+            model, feed = _micro_model(shape, form, rng)
         sessions[form] = ort_session(model, optimize=True, threads=threads)
         feeds = feed
-    times: dict[str, list[float]] = {f: [] for f in forms}
+    times: dict[str, list[float]] = {f: [] for f in candidates}
     for s in sessions.values():
         s.run(None, feeds)
     for _ in range(15):
@@ -357,4 +451,20 @@ def _micro_model(shape: Shape, form: str, rng: np.random.Generator) -> tuple[ir.
     graph.outputs.append(y)
     model = ir.Model(graph, ir_version=10)
     lower(model, lambda _: (form, {}))
+    return model, feeds
+
+
+def _micro_linear(shape: LinearShape, form: str, rng: np.random.Generator) -> tuple[ir.Model, dict]:
+    """One LinearAttention of `shape` alone, in `form`, on non-negative inputs (ReLU'd)."""
+    f32 = ir.TensorType(ir.DataType.FLOAT)
+    dims = {"q": (shape.b, shape.i, shape.c), "k": (shape.b, shape.j, shape.c)}
+    dims["v"] = (shape.b, shape.j, shape.d)
+    inputs = [ir.Value(name=n, shape=ir.Shape(list(d)), type=f32) for n, d in dims.items()]
+    node = ir.node(LINEAR_ATTENTION, inputs, attributes={"eps": 1e-6}, domain=DOMAIN)
+    out = node.outputs[0]
+    out.shape, out.type = ir.Shape([shape.b, shape.i, shape.d]), f32
+    graph = ir.Graph(inputs, [out], nodes=[node], opset_imports={"": 18, DOMAIN: 1}, name="b")
+    model = ir.Model(graph, ir_version=10)
+    lower(model, lambda _: (form, {}))
+    feeds = {n: np.abs(rng.standard_normal(d, dtype=np.float32)) for n, d in dims.items()}
     return model, feeds

@@ -26,6 +26,7 @@ from edgec.passes.fold_batchnorm import FoldBatchnorm
 from edgec.passes.fold_channel_affine import FoldChannelAffine
 from edgec.passes.fold_repbn import FoldRepbn
 from edgec.passes.map_attention import MapAttention
+from edgec.passes.map_linear_attention import MapLinearAttention
 from edgec.passes.merge_affine_terms import MergeAffineTerms
 from edgec.passes.merge_parallel_branches import MergeParallelBranches
 from edgec.passes.merge_serial_linear import MergeSerialLinear
@@ -79,6 +80,7 @@ def cpu() -> list[Step]:
         *binarize(),
         # after binarization: binary Q K^T products stay popcount kernels
         MapAttention(),
+        MapLinearAttention(),
         cleanup(),
         # after folding, so that folded results are lifted too
         LiftConstants(),

@@ -1,0 +1,163 @@
+"""Linear attention (SLAB's simplified linear attention, and any model written the same way) as
+one canonical `ai.edgec::LinearAttention`.
+
+    LinearAttention(Q, K, V) <eps> = (Q (K^T V)) / (Q sum_j K_j + eps)    per row of Q
+
+Q, K, V are [B, N, C] (heads folded into B), after the kernel (ReLU) that stays outside. The
+walk starts at the product that makes the output and reads, whatever letters the Einsum
+equations use:
+
+- K^T V first:  Y = Einsum(bic,bcd,bi->bid)(Q, Einsum(bjc,bjd->bcd)(K, V), Z)
+- Q K^T first:  Y = Einsum(bij,bjd,bi->bid)(Einsum(bic,bjc->bij)(Q, K), V, Z)
+- the normaliser Z = Reciprocal(Einsum(bic,bc->bi)(Q, ReduceSum(K, tokens)) + eps).
+
+The product order the model was written with is not kept: each target lowers the op in the
+cheaper order for its shape (`lower_attention`). The depthwise conv on V that SLAB adds to the
+output is ordinary convolution outside the op. Left alone, with the reason: another
+normaliser, a product read elsewhere, shapes that are not static.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from edgec.core.binary_ops import DOMAIN, LINEAR_ATTENTION, ensure_function, supports_functions
+from edgec.passes._ir import only_consumer, take_over
+from edgec.passes.base import EdgecPass
+
+RULE = "linear_attention"
+# the equations with their letters renamed in order of appearance (both orders' output
+# products, bic,bcd,bi->bid and bij,bjd,bi->bid, read the same)
+OUTPUT = "abc,acd,ab->abd"
+KV = "abc,abd->acd"
+QK = "abc,adc->abd"
+NORM = "abc,ac->ab"
+
+
+def canonical(equation: str) -> str:
+    """The equation with its letters renamed a, b, c... in order of first appearance."""
+    names: dict[str, str] = {}
+    out = []
+    for ch in equation.replace(" ", ""):
+        if ch.isalpha():
+            out.append(names.setdefault(ch, chr(ord("a") + len(names))))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _einsum(value: ir.Value | None, equation: str) -> ir.Node | None:
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "Einsum" or node.domain not in ("", "ai.onnx"):
+        return None
+    if canonical(node.attributes.get_string("equation", "")) != equation:
+        return None
+    return node
+
+
+def _static(value: ir.Value | None) -> tuple[int, ...] | None:
+    if value is None or value.shape is None:
+        return None
+    dims = tuple(value.shape)
+    return dims if all(isinstance(d, int) for d in dims) else None
+
+
+class MapLinearAttention(EdgecPass):
+    name = "map_linear_attention"
+
+    def rewrite(self, model: ir.Model) -> int:
+        if not supports_functions(model):
+            return 0
+        fired = 0
+        for node in list(model.graph):
+            if node.op_type != "Einsum" or node.graph is None or len(node.inputs) != 3:
+                continue
+            if canonical(node.attributes.get_string("equation", "")) != OUTPUT:
+                continue
+            found = _read(node)
+            if isinstance(found, str):
+                self.left_alone(RULE, [node], found)
+                continue
+            q, k, v, eps, nodes = found
+            _emit(model, node, q, k, v, eps, nodes)
+            fired += self.fired(RULE, nodes)
+        return fired
+
+
+def _read(
+    y: ir.Node,
+) -> tuple[ir.Value, ir.Value, ir.Value, float, list[ir.Node]] | str:
+    """Q, K, V, eps and the block's nodes, for the final product `y`; or why not."""
+    a, b, z = y.inputs
+    # K^T V first: y(Q, KV, Z); Q K^T first: y(QK, V, Z), the same equation shape
+    kv = _einsum(b, KV)
+    qk = _einsum(a, QK)
+    if kv is not None and only_consumer(kv.outputs[0]) is y:
+        q, k, v = a, kv.inputs[0], kv.inputs[1]
+        product = kv
+    elif qk is not None and only_consumer(qk.outputs[0]) is y:
+        q, k, v = qk.inputs[0], qk.inputs[1], b
+        product = qk
+    else:
+        return "the output is not Q (K^T V) nor (Q K^T) V read only here"
+    if q is None or k is None or v is None or z is None:
+        return "an operand is missing"
+    recip = z.producer()
+    if recip is None or recip.op_type != "Reciprocal" or only_consumer(z) is not y:
+        return "the normaliser is not a Reciprocal that only the output reads"
+    add = recip.inputs[0].producer() if recip.inputs[0] is not None else None
+    if add is None or add.op_type != "Add" or only_consumer(add.outputs[0]) is not recip:
+        return "the normaliser is not 1 / (q . sum k + eps)"
+    eps = None
+    for dot_in, c in ((add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])):
+        if c is not None and c.const_value is not None and c.const_value.size == 1:
+            eps, dot_value = float(c.const_value.numpy().reshape(())), dot_in
+            break
+    if eps is None:
+        return "the normaliser adds no scalar constant"
+    dot = _einsum(dot_value, NORM)
+    if dot is None or dot.inputs[0] is not q or only_consumer(dot.outputs[0]) is not add:
+        return "the normaliser's dot product is not with Q"
+    ksum = dot.inputs[1].producer() if dot.inputs[1] is not None else None
+    if ksum is None or ksum.op_type != "ReduceSum" or ksum.inputs[0] is not k:
+        return "the normaliser does not sum K"
+    axes = ksum.inputs[1].const_value if len(ksum.inputs) > 1 and ksum.inputs[1] else None
+    if axes is None or [int(x) % 3 for x in axes.numpy().ravel()] != [1]:
+        return "the normaliser sums K over another axis than the tokens"
+    if ksum.attributes.get_int("keepdims", 1) != 0 or only_consumer(ksum.outputs[0]) is not dot:
+        return "the sum of K is kept or read elsewhere"
+    shapes = [_static(x) for x in (q, k, v)]
+    if any(s is None or len(s) != 3 for s in shapes):
+        return "Q, K and V are not static [B, N, C] tensors"
+    return q, k, v, eps, [ksum, dot, add, recip, product, y]
+
+
+def _emit(
+    model: ir.Model,
+    y: ir.Node,
+    q: ir.Value,
+    k: ir.Value,
+    v: ir.Value,
+    eps: float,
+    nodes: list[ir.Node],
+) -> None:
+    graph = model.graph
+    where = y.name or "linear_attention"
+    module = where.rsplit("/", 1)[0] if "/" in where else where
+    node = ir.node(
+        LINEAR_ATTENTION,
+        [q, k, v],
+        attributes={"eps": float(np.float32(eps))},
+        domain=DOMAIN,
+        name=f"{module}/linear_attention",
+    )
+    out = node.outputs[0]
+    out.shape, out.type = y.outputs[0].shape, y.outputs[0].type
+    out.name = f"{y.outputs[0].name}_linear"
+    graph.insert_before(y, node)
+    ensure_function(model, LINEAR_ATTENTION)
+    take_over(y.outputs[0], out)
+    for n in reversed([n for n in graph if n in set(nodes)]):
+        if all(not o.uses() and not o.is_graph_output() for o in n.outputs):
+            graph.remove(n, safe=True)
