@@ -159,7 +159,31 @@ LinearAttention <eps> (Q, K, V) => (Y) {{
     z = Reciprocal (den)
     Y = Mul (num, z)
 }}"""
-_OTHER_TEXT = {ATTENTION: _ATTENTION_TEXT, LINEAR_ATTENTION: _LINEAR_ATTENTION_TEXT}
+# HashedAttention(H[B, N, T, b] +-1 codes, V[B, N, T, e]) <bias, offset> =
+#   (H (H^T V) + bias V) / (H sum_t H_t + offset): EcoFormer (`map_linear_attention`).
+HASHED_ATTENTION = "HashedAttention"
+_HASHED_ATTENTION_TEXT = f"""{_HEADER}
+HashedAttention <bias, offset> (H, V) => (Y) {{
+    ht = Transpose <perm = [0, 1, 3, 2]> (H)
+    ctx = MatMul (ht, V)
+    num = MatMul (H, ctx)
+    b = Constant <value_float: float = @bias> ()
+    vb = Mul (V, b)
+    top = Add (num, vb)
+    axes = Constant <value_ints = [2]> ()
+    hsum = ReduceSum <keepdims = 1> (H, axes)
+    hst = Transpose <perm = [0, 1, 3, 2]> (hsum)
+    dot = MatMul (H, hst)
+    o = Constant <value_float: float = @offset> ()
+    den = Add (dot, o)
+    z = Reciprocal (den)
+    Y = Mul (top, z)
+}}"""
+_OTHER_TEXT = {
+    ATTENTION: _ATTENTION_TEXT,
+    LINEAR_ATTENTION: _LINEAR_ATTENTION_TEXT,
+    HASHED_ATTENTION: _HASHED_ATTENTION_TEXT,
+}
 
 
 def function_proto(op_type: str, opset: int = MIN_OPSET) -> onnx.FunctionProto:

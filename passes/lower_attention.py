@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from edgec.core.binary_ops import ATTENTION, DOMAIN, LINEAR_ATTENTION
+from edgec.core.binary_ops import ATTENTION, DOMAIN, HASHED_ATTENTION, LINEAR_ATTENTION
 from edgec.core.irutil import ort_session
 from edgec.passes._ir import take_over
 
@@ -69,8 +69,8 @@ def forms(shape: Shape | LinearShape) -> list[str]:
 
 
 def attention_nodes(model: ir.Model) -> list[ir.Node]:
-    """The canonical attention ops of the main graph (softmax and linear)."""
-    kinds = (ATTENTION, LINEAR_ATTENTION)
+    """The canonical attention ops of the main graph (softmax, linear, hashed)."""
+    kinds = (ATTENTION, LINEAR_ATTENTION, HASHED_ATTENTION)
     return [n for n in model.graph if n.domain == DOMAIN and n.op_type in kinds]
 
 
@@ -93,6 +93,10 @@ def lower(model: ir.Model, choose: Choice = decomposed) -> list[dict[str, Any]]:
     shape; returns what was chosen per block, with what `choose` says of it."""
     chosen = []
     for node in attention_nodes(model):
+        if node.op_type == HASHED_ATTENTION:
+            _hashed(model.graph, node)
+            chosen.append({"block": node.name or "", "form": "matmul"})
+            continue
         if node.op_type == LINEAR_ATTENTION:
             linear = _linear_shape(node)
             form, details = choose(linear) if linear is not None else ("kv_first", {})
@@ -106,7 +110,7 @@ def lower(model: ir.Model, choose: Choice = decomposed) -> list[dict[str, Any]]:
         else:
             _decomposed(model.graph, node)
         chosen.append({"block": node.name or "", "form": form, **details})
-    for kind in (ATTENTION, LINEAR_ATTENTION):
+    for kind in (ATTENTION, LINEAR_ATTENTION, HASHED_ATTENTION):
         model.functions.pop((DOMAIN, kind, ""), None)
     return chosen
 
@@ -221,9 +225,7 @@ def _decomposed(graph: ir.Graph, node: ir.Node) -> None:
     nodes = [ir.node("Transpose", [k], attributes={"perm": [0, 1, 3, 2]}, name=f"{base}/k_t")]
     nodes.append(ir.node("MatMul", [q, nodes[-1].outputs[0]], name=f"{base}/qk"))
     if scale != 1.0:
-        c = ir.Value(name=f"{base}/scale", const_value=ir.tensor(np.float32(scale)))
-        c.shape, c.type = ir.Shape([]), ir.TensorType(ir.DataType.FLOAT)
-        graph.register_initializer(_unique(graph, c))
+        c = _scalar_init(graph, scale, f"{base}/scale")
         nodes.append(ir.node("Mul", [nodes[-1].outputs[0], c], name=f"{base}/scale"))
     if bias is not None and _bias_shape(node) is not None:
         nodes.append(ir.node("Add", [nodes[-1].outputs[0], bias], name=f"{base}/bias"))
@@ -245,9 +247,7 @@ def _linear(graph: ir.Graph, node: ir.Node, form: str) -> None:
     q, k, v = node.inputs[:3]
     eps = node.attributes.get_float("eps", 0.0)
     base = node.name or "linear_attention"
-    e = ir.Value(name=f"{base}/eps", const_value=ir.tensor(np.float32(eps)))
-    e.shape, e.type = ir.Shape([]), ir.TensorType(ir.DataType.FLOAT)
-    graph.register_initializer(_unique(graph, e))
+    e = _scalar_init(graph, eps, f"{base}/eps")
     if form.startswith("einsum_"):
         ksum = ir.node("ReduceSum", [k, _ints(graph, [1], base)], attributes={"keepdims": 0})
         dot = ir.node("Einsum", [q, ksum.outputs[0]], attributes={"equation": "bic,bc->bi"})
@@ -287,6 +287,35 @@ def _linear(graph: ir.Graph, node: ir.Node, form: str) -> None:
     z = ir.node("Reciprocal", [den.outputs[0]])
     y = ir.node("Mul", [num.outputs[0], z.outputs[0]], name=base)
     nodes = [kt, kv, num, ksum, kst, dot, den, z, y]
+    _replace(graph, node, nodes, node.outputs[0], y.outputs[0])
+
+
+def _scalar_init(graph: ir.Graph, value: float, name: str) -> ir.Value:
+    c = ir.Value(name=name, const_value=ir.tensor(np.float32(value)))
+    c.shape, c.type = ir.Shape([]), ir.TensorType(ir.DataType.FLOAT)
+    graph.register_initializer(_unique(graph, c))
+    return c
+
+
+def _hashed(graph: ir.Graph, node: ir.Node) -> None:
+    """HashedAttention as MatMuls, H^T V first (the linear form; the codes' products with
+    real values are exact in float)."""
+    h, v = node.inputs[:2]
+    base = node.name or "hashed_attention"
+    bias = _scalar_init(graph, node.attributes.get_float("bias", 0.0), f"{base}/bias")
+    offset = _scalar_init(graph, node.attributes.get_float("offset", 0.0), f"{base}/offset")
+    ht = ir.node("Transpose", [h], attributes={"perm": [0, 1, 3, 2]}, name=f"{base}/h_t")
+    ctx = ir.node("MatMul", [ht.outputs[0], v], name=f"{base}/hv")
+    num = ir.node("MatMul", [h, ctx.outputs[0]], name=f"{base}/h_hv")
+    vb = ir.node("Mul", [v, bias])
+    top = ir.node("Add", [num.outputs[0], vb.outputs[0]])
+    hsum = ir.node("ReduceSum", [h, _ints(graph, [2], base)], attributes={"keepdims": 1})
+    hst = ir.node("Transpose", [hsum.outputs[0]], attributes={"perm": [0, 1, 3, 2]})
+    dot = ir.node("MatMul", [h, hst.outputs[0]], name=f"{base}/normaliser")
+    den = ir.node("Add", [dot.outputs[0], offset])
+    z = ir.node("Reciprocal", [den.outputs[0]])
+    y = ir.node("Mul", [top.outputs[0], z.outputs[0]], name=base)
+    nodes = [ht, ctx, num, vb, top, hsum, hst, dot, den, z, y]
     _replace(graph, node, nodes, node.outputs[0], y.outputs[0])
 
 

@@ -1,5 +1,6 @@
 """Linear attention (SLAB's simplified linear attention, and any model written the same way) as
-one canonical `ai.edgec::LinearAttention`.
+one canonical `ai.edgec::LinearAttention`; EcoFormer's hashed attention as one
+`ai.edgec::HashedAttention`.
 
     LinearAttention(Q, K, V) <eps> = (Q (K^T V)) / (Q sum_j K_j + eps)    per row of Q
 
@@ -10,6 +11,18 @@ equations use:
 - K^T V first:  Y = Einsum(bic,bcd,bi->bid)(Q, Einsum(bjc,bjd->bcd)(K, V), Z)
 - Q K^T first:  Y = Einsum(bij,bjd,bi->bid)(Einsum(bic,bjc->bij)(Q, K), V, Z)
 - the normaliser Z = Reciprocal(Einsum(bic,bc->bi)(Q, ReduceSum(K, tokens)) + eps).
+
+Hashed attention (EcoFormer): H = sign(...) the +-1 hash codes of the tokens (queries and
+keys share them), per head
+
+    HashedAttention(H, V) <bias, offset> = (H (H^T V) + bias V) / (H sum_j H_j + offset)
+
+read from Einsum(bhde,bhnd->bhne)(Einsum(bhnd,bhne->bhde)(H, V), H) + V * bias, times
+Unsqueeze(1 / (Einsum(bhnd,bhd->bhn)(H, ReduceSum(H, tokens)) + offset)). H has to come from a
+Sign. The codes multiply real values (V, and sums of codes), so the products are not
+code-by-code products: popcount kernels do not apply to this linear form (the only
+code-by-code product, H H^T, is the quadratic form, N^2 b bit operations and N^2 e MACs
+against 2 N b e MACs). In MatMuls the code products are exact.
 
 The product order the model was written with is not kept: each target lowers the op in the
 cheaper order for its shape (`lower_attention`). The depthwise conv on V that SLAB adds to the
@@ -22,7 +35,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgec.core.binary_ops import DOMAIN, LINEAR_ATTENTION, ensure_function, supports_functions
+from edgec.core.binary_ops import (
+    DOMAIN,
+    HASHED_ATTENTION,
+    LINEAR_ATTENTION,
+    ensure_function,
+    supports_functions,
+)
 from edgec.passes._ir import only_consumer, take_over
 from edgec.passes.base import EdgecPass
 
@@ -33,6 +52,10 @@ OUTPUT = "abc,acd,ab->abd"
 KV = "abc,abd->acd"
 QK = "abc,adc->abd"
 NORM = "abc,ac->ab"
+HASHED_OUT = "abcd,abec->abed"  # bhde,bhnd->bhne: (H^T V)^T-side product with H
+HASHED_CTX = "abcd,abce->abde"  # bhnd,bhne->bhde: H^T V
+HASHED_NORM = "abcd,abd->abc"  # bhnd,bhd->bhn: H . sum_j H_j
+HASHED = "hashed_attention"
 
 
 def canonical(equation: str) -> str:
@@ -71,6 +94,15 @@ class MapLinearAttention(EdgecPass):
             return 0
         fired = 0
         for node in list(model.graph):
+            if node.op_type == "Einsum" and node.graph is not None and len(node.inputs) == 2:
+                if canonical(node.attributes.get_string("equation", "")) == HASHED_OUT:
+                    hashed = _read_hashed(node)
+                    if isinstance(hashed, str):
+                        self.left_alone(HASHED, [node], hashed)
+                        continue
+                    _emit_hashed(model, *hashed)
+                    fired += self.fired(HASHED, hashed[-1])
+                continue
             if node.op_type != "Einsum" or node.graph is None or len(node.inputs) != 3:
                 continue
             if canonical(node.attributes.get_string("equation", "")) != OUTPUT:
@@ -158,6 +190,102 @@ def _emit(
     graph.insert_before(y, node)
     ensure_function(model, LINEAR_ATTENTION)
     take_over(y.outputs[0], out)
+    for n in reversed([n for n in graph if n in set(nodes)]):
+        if all(not o.uses() and not o.is_graph_output() for o in n.outputs):
+            graph.remove(n, safe=True)
+
+
+def _scalar(value: ir.Value | None) -> float | None:
+    if value is None or value.const_value is None or value.const_value.size != 1:
+        return None
+    return float(value.const_value.numpy().reshape(()))
+
+
+def _other(node: ir.Node, value: ir.Value) -> ir.Value | None:
+    """The other operand of a binary node that reads `value`."""
+    a, b = node.inputs[0], node.inputs[1]
+    return b if a is value else a if b is value else None
+
+
+def _read_hashed(
+    o: ir.Node,
+) -> tuple[ir.Value, ir.Value, float, float, ir.Value, list[ir.Node]] | str:
+    """H, V, bias, offset, the block's output and nodes, for the product `o`; or why not."""
+    ctx, h = o.inputs
+    ctx_node = _einsum(ctx, HASHED_CTX)
+    if h is None or ctx_node is None or ctx_node.inputs[0] is not h:
+        return "the output product is not H (H^T V)"
+    sign = h.producer()
+    if sign is None or sign.op_type != "Sign":
+        return "the codes are not made by Sign (not +-1)"
+    v = ctx_node.inputs[1]
+    add = only_consumer(o.outputs[0])
+    if v is None or add is None or add.op_type != "Add":
+        return "no bias term V * bias is added to H (H^T V)"
+    vb = _other(add, o.outputs[0])
+    vb_node = vb.producer() if vb is not None else None
+    if vb_node is None or vb_node.op_type != "Mul" or v not in vb_node.inputs:
+        return "the added term is not V times a constant"
+    bias = _scalar(_other(vb_node, v))
+    mul = only_consumer(add.outputs[0])
+    if bias is None or mul is None or mul.op_type != "Mul":
+        return "the sum is not scaled by the normaliser"
+    unsq = _other(mul, add.outputs[0])
+    unsq_node = unsq.producer() if unsq is not None else None
+    if unsq_node is None or unsq_node.op_type != "Unsqueeze":
+        return "the normaliser is not unsqueezed onto the last axis"
+    recip = unsq_node.inputs[0].producer() if unsq_node.inputs[0] is not None else None
+    den = recip.inputs[0].producer() if recip is not None and recip.inputs[0] else None
+    if recip is None or recip.op_type != "Reciprocal" or den is None or den.op_type != "Add":
+        return "the normaliser is not 1 / (H . sum H + offset)"
+    offset, dot_value = None, None
+    for a, c in ((den.inputs[0], den.inputs[1]), (den.inputs[1], den.inputs[0])):
+        if _scalar(c) is not None:
+            offset, dot_value = _scalar(c), a
+    dot = _einsum(dot_value, HASHED_NORM)
+    if offset is None or dot is None or dot.inputs[0] is not h:
+        return "the normaliser's dot product is not with the codes"
+    hsum = dot.inputs[1].producer() if dot.inputs[1] is not None else None
+    if hsum is None or hsum.op_type != "ReduceSum" or hsum.inputs[0] is not h:
+        return "the normaliser does not sum the codes"
+    axes = hsum.inputs[1].const_value if len(hsum.inputs) > 1 and hsum.inputs[1] else None
+    if axes is None or [int(x) % 4 for x in axes.numpy().ravel()] != [2]:
+        return "the normaliser sums the codes over another axis than the tokens"
+    nodes = [hsum, dot, den, recip, unsq_node, ctx_node, o, vb_node, add, mul]
+    for n in nodes[:-1]:
+        if any(len(x.uses()) != 1 or x.is_graph_output() for x in n.outputs):
+            return f"'{n.name}' is read outside the block"
+    shapes = [_static(x) for x in (h, v)]
+    if any(s is None or len(s) != 4 for s in shapes):
+        return "the codes and V are not static [B, H, N, C] tensors"
+    return h, v, bias, offset, mul.outputs[0], nodes
+
+
+def _emit_hashed(
+    model: ir.Model,
+    h: ir.Value,
+    v: ir.Value,
+    bias: float,
+    offset: float,
+    out: ir.Value,
+    nodes: list[ir.Node],
+) -> None:
+    graph = model.graph
+    last = nodes[-1]
+    where = last.name or HASHED
+    module = where.rsplit("/", 1)[0] if "/" in where else where
+    node = ir.node(
+        HASHED_ATTENTION,
+        [h, v],
+        attributes={"bias": float(np.float32(bias)), "offset": float(np.float32(offset))},
+        domain=DOMAIN,
+        name=f"{module}/hashed_attention",
+    )
+    new = node.outputs[0]
+    new.shape, new.type, new.name = out.shape, out.type, f"{out.name}_hashed"
+    graph.insert_before(last, node)
+    ensure_function(model, HASHED_ATTENTION)
+    take_over(out, new)
     for n in reversed([n for n in graph if n in set(nodes)]):
         if all(not o.uses() and not o.is_graph_output() for o in n.outputs):
             graph.remove(n, safe=True)

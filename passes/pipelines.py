@@ -25,6 +25,7 @@ from edgec.passes.drop_identity_activations import DropIdentityActivations
 from edgec.passes.fold_batchnorm import FoldBatchnorm
 from edgec.passes.fold_channel_affine import FoldChannelAffine
 from edgec.passes.fold_repbn import FoldRepbn
+from edgec.passes.fold_square_sum import FoldSquareSum
 from edgec.passes.map_attention import MapAttention
 from edgec.passes.map_linear_attention import MapLinearAttention
 from edgec.passes.merge_affine_terms import MergeAffineTerms
@@ -81,6 +82,7 @@ def cpu() -> list[Step]:
         # after binarization: binary Q K^T products stay popcount kernels
         MapAttention(),
         MapLinearAttention(),
+        FoldSquareSum(),
         cleanup(),
         # after folding, so that folded results are lifted too
         LiftConstants(),

@@ -112,3 +112,46 @@ def test_slab_pvt_compiles_with_mapped_linear_attention(tmp_path: Path) -> None:
     for c in chosen:
         assert c["form"] == min(c["p50_ms"], key=c["p50_ms"].get)
     assert bundle.manifest.reference["max_rel_error"] <= 1e-4  # vs torch eager
+
+
+def test_ecoformer_hashed_attention_is_mapped_and_exact(tmp_path: Path) -> None:
+    """EcoFormer's stages 1-3: hashed attention over +-1 codes (6 blocks), stage 4 softmax
+    (2 blocks); the bundle matches torch eager."""
+    bundle = edgec.compile(
+        "pvt_v2_b0_ecoformer", output=tmp_path / "b", backend="onnxruntime", threads=1
+    )
+    passes = {p["name"]: p for p in bundle.manifest.passes}
+    assert passes["map_linear_attention"]["rewrites"] == 6
+    assert passes["map_attention"]["rewrites"] == 2
+    assert passes["fold_square_sum"]["rewrites"] == 6  # the hash's squared distances
+    forms = [c["form"] for c in bundle.manifest.backend_options["attention"]]
+    assert forms.count("matmul") == 6
+    ops = {n.op_type for n in onnx.load(bundle.path / "model.onnx").graph.node}
+    assert "ReduceSumSquare" in ops and "Pow" not in ops
+    assert bundle.manifest.reference["max_rel_error"] <= 1e-4  # vs torch eager
+
+
+def test_hashed_attention_needs_codes(tmp_path: Path) -> None:
+    from edgec.models.ecoformer import HashedAttention
+
+    torch.manual_seed(0)
+    module = HashedAttention(32, 2).eval()
+    x = torch.randn(1, 49, 32)
+    model, mapping = _mapped(module, (x,), tmp_path / "h.onnx")
+    hashed = [n for n in model.graph if n.op_type == "HashedAttention"]
+    assert len(hashed) == 1, mapping.explained
+    want = module(x).detach().numpy()
+    lowered = lower_attention.copy(model)
+    lower_attention.lower(lowered)
+    for m in (model, lowered):
+        got = next(iter(run_onnx(m, {"x": x.numpy()}).values()))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    class NoSign(HashedAttention):  # real-valued "codes": not hashed attention
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.ksh.forward = lambda t: torch.tanh(t[..., :16])  # type: ignore[method-assign]
+            return super().forward(x)
+
+    model, mapping = _mapped(NoSign(32, 2).eval(), (x,), tmp_path / "n.onnx")
+    assert not [n for n in model.graph if n.op_type == "HashedAttention"]
+    assert any("not made by Sign" in c.reason for c in mapping.explained), mapping.explained
