@@ -18,7 +18,17 @@ import torch
 from torch import nn
 
 from edgec.core.specs import TensorSpec
-from edgec.models import binary, ecoformer, fmvit, slab, slab_pvt, slab_swin, tinyvit, vanillanet
+from edgec.models import (
+    binary,
+    bipft,
+    ecoformer,
+    fmvit,
+    slab,
+    slab_pvt,
+    slab_swin,
+    tinyvit,
+    vanillanet,
+)
 from edgec.models.init import calibrate_batchnorm, randomize_affine
 from edgec.models.registry import ModelInfo, get_info, list_models, register
 from edgec.models.weights import load_weights
@@ -43,6 +53,8 @@ _PAPERS = {
     "EcoFormer": "EcoFormer: Energy-Saving Attention with Linear Complexity (NeurIPS 2022)",
     "BiT": "BiT: Robustly Binarized Multi-distilled Transformer (NeurIPS 2022)",
     "BiViT": "BiViT: Extremely Compressed Binary Vision Transformers (ICCV 2023)",
+    "BiPFT": "BiPFT: Binary Pre-trained Foundation Transformer with Low-rank Estimation of "
+    "Binarization Residual Polynomials (AAAI 2024)",
     "FMViT": "FMViT: A multiple-frequency mixing Vision Transformer (2023), an interpretation",
 }
 
@@ -97,6 +109,15 @@ for _name in binary.BERT_CONFIGS:
         "BiT",
         lambda num_classes=2, _n=_name, **kw: binary.build_bert(_n, num_classes, **kw),
         "binary BERT encoder (1-bit weights and activations), sequence classifier",
+        inputs=_TOKENS,
+        num_classes=2,
+    )
+for _name in bipft.CONFIGS:
+    _add(
+        _name,
+        "BiPFT",
+        lambda num_classes=2, _n=_name, **kw: bipft.build(_n, num_classes, **kw),
+        "binary BERT with rank-one estimators of the attention's binarization residual",
         inputs=_TOKENS,
         num_classes=2,
     )

@@ -213,7 +213,9 @@ def _mha_bias(shape: Shape) -> tuple[int, ...] | None:
 
 
 def mha_possible(shape: Shape) -> bool:
-    if shape.bias is not None and -1 in shape.bias:
+    """Can onnxruntime's MultiHeadAttention take it? (key and value of one shape; a bias
+    that reads as attention_bias)"""
+    if shape.h != shape.hv or (shape.bias is not None and -1 in shape.bias):
         return False
     return shape.bias is None or _mha_bias(shape) is not None
 

@@ -25,6 +25,7 @@ redundant, binary products (`BinaryMatMul` scores stay popcount kernels).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,6 +57,7 @@ class _Block:
     scores: ir.Value | None = None  # Q K^T, the chain's input
     mask: ir.Value | None = None  # a run-time additive mask
     out: ir.Value | None = None  # P V, the block's output
+    row_guard: ir.Value | None = None  # the condition of Where(cond, 0, P) after the softmax
 
 
 class MapAttention(EdgecPass):
@@ -125,6 +127,8 @@ def _read(b: _Block) -> str:
         return f"softmax over axis {axis} of {rank}, not the keys' axis (the last)"
     if rank != 4:
         return f"scores of rank {rank}, not [B, N, S, T]"
+    if x.dtype != ir.DataType.FLOAT:
+        return f"the scores are {x.dtype}: the canonical op is float32"
     why = _read_after(b)
     if why:
         return why
@@ -235,7 +239,19 @@ def _read_after(b: _Block) -> str:
             reader = only_consumer(p)
         else:
             readers = ", ".join(f"{u.node.op_type} '{u.node.name}'" for u in p.uses()[:3])
+            if any(u.node.domain == DOMAIN for u in p.uses()):
+                return f"the probabilities are binarized ({readers}): binary attention"
             return f"the softmax's probabilities are read by {len(p.uses())} ops ({readers})"
+    if (  # ONNX's Attention function: Where(row all masked, 0, p)
+        reader is not None
+        and reader.op_type == "Where"
+        and reader.inputs[2] is p
+        and _scalar(reader.inputs[1]) == 0.0
+    ):
+        b.row_guard = reader.inputs[0]
+        b.nodes.append(reader)
+        p = reader.outputs[0]
+        reader = only_consumer(p)
     if reader is None or reader.op_type != "MatMul" or reader.inputs[0] is not p:
         return "the probabilities are not multiplied by V"
     v = reader.inputs[1]
@@ -315,6 +331,69 @@ def _transposed_source(b: _Block, kt: ir.Value) -> ir.Value | None:
     return k
 
 
+class _Subgraph:
+    """The nodes that compute some values from constants (and named inputs), as a model of
+    their own to run in onnxruntime."""
+
+    def __init__(self, model: ir.Model, stop: set[int]) -> None:
+        self.opsets = dict(model.graph.opset_imports)
+        self.stop = stop  # ids of the values that are the subgraph's inputs
+        self.tensors: dict[str, onnx.TensorProto] = {}
+        self.nodes: list[onnx.NodeProto] = []
+
+    def add(self, value: ir.Value | None) -> None:
+        """`value`'s producers, back to constants and the inputs."""
+        if value is None or id(value) in self.stop or (value.name or "") in self.tensors:
+            return
+        if value.const_value is not None:
+            tensor = ir.serde.serialize_tensor(value.const_value)
+            tensor.name = value.name or ""
+            self.tensors[tensor.name] = tensor
+            return
+        node = value.producer()
+        assert node is not None
+        for i in node.inputs:
+            self.add(i)
+        proto = ir.serde.serialize_node(node)
+        if proto not in self.nodes:
+            self.nodes.append(proto)
+
+    def run(
+        self,
+        output: str,
+        feeds: dict[str, np.ndarray],
+        extra: Sequence[onnx.NodeProto] = (),
+        dtype: int = onnx.TensorProto.FLOAT,
+    ) -> np.ndarray:
+        graph = onnx.helper.make_graph(
+            [*self.nodes, *extra],
+            "subgraph",
+            [
+                onnx.helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, v.shape)
+                for k, v in feeds.items()
+            ],
+            [onnx.helper.make_tensor_value_info(output, dtype, None)],
+            list(self.tensors.values()),
+        )
+        opsets = [onnx.helper.make_opsetid(d, v) for d, v in self.opsets.items()]
+        return run_onnx(onnx.helper.make_model(graph, opset_imports=opsets), feeds)[output]
+
+
+def _constant(model: ir.Model, value: ir.Value) -> np.ndarray | None:
+    """The value of a tensor computed from initializers only (None: it is not one)."""
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    if not _constant_computable(value):
+        return None
+    sub = _Subgraph(model, set())
+    sub.add(value)
+    dtype = value.dtype.value if value.dtype is not None else onnx.TensorProto.FLOAT
+    try:
+        return sub.run(value.name or "", {}, dtype=dtype)
+    except Exception:  # onnxruntime cannot evaluate it alone: read as not constant
+        return None
+
+
 def _bias(model: ir.Model, b: _Block) -> np.ndarray | None:
     """The constant part of the score chain: the chain run on zero scores, reduced to size 1
     along every axis it does not vary on. None: no constant part."""
@@ -322,25 +401,7 @@ def _bias(model: ir.Model, b: _Block) -> np.ndarray | None:
     if not adds:
         return None
     assert b.scores is not None
-    graph = model.graph
-    seen: dict[str, onnx.TensorProto] = {}
-    protos: list[onnx.NodeProto] = []
-
-    def constant_producers(value: ir.Value | None) -> None:
-        if value is None or value is b.scores or value.name in seen:
-            return
-        if value.const_value is not None:
-            seen[value.name or ""] = ir.serde.serialize_tensor(value.const_value)
-            seen[value.name or ""].name = value.name or ""
-            return
-        node = value.producer()
-        assert node is not None
-        for i in node.inputs:
-            constant_producers(i)
-        proto = ir.serde.serialize_node(node)
-        if proto not in protos:
-            protos.append(proto)
-
+    sub = _Subgraph(model, {id(b.scores)})
     # the chain is affine, chain(x) = scale * x + chain(0): its constant part is the chain on
     # zero scores, without the run-time mask (added just before the softmax, never scaled)
     rename: dict[str, str] = {}
@@ -353,7 +414,7 @@ def _bias(model: ir.Model, b: _Block) -> np.ndarray | None:
             continue
         for i in node.inputs:
             if i is not carried:
-                constant_producers(i)
+                sub.add(i)
         proto = ir.serde.serialize_node(node)
         proto.input[:] = [rename.get(i, i) for i in proto.input]
         chain_protos.append(proto)
@@ -361,18 +422,8 @@ def _bias(model: ir.Model, b: _Block) -> np.ndarray | None:
     assert shape is not None
     last = b.chain[-1].outputs[0].name or ""
     last = rename.get(last, last)
-    model_proto = onnx.helper.make_model(
-        onnx.helper.make_graph(
-            protos + chain_protos,
-            "bias",
-            [onnx.helper.make_tensor_value_info(b.scores.name, onnx.TensorProto.FLOAT, shape)],
-            [onnx.helper.make_tensor_value_info(last, onnx.TensorProto.FLOAT, None)],
-            list(seen.values()),
-        ),
-        opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in graph.opset_imports.items()],
-    )
     zeros = np.zeros(shape, np.float32)
-    bias = run_onnx(model_proto, {b.scores.name or "": zeros})[last]
+    bias = sub.run(last, {b.scores.name or "": zeros}, chain_protos)
     for axis in range(bias.ndim):  # size 1 where it does not vary
         first = np.take(bias, [0], axis=axis)
         if bias.shape[axis] > 1 and np.array_equal(bias, np.broadcast_to(first, bias.shape)):
@@ -401,19 +452,49 @@ def _finite_mask(mask: ir.Value | None) -> bool:
     return all(v is not None and np.isfinite(v) for v in values)
 
 
+def _never_masked(model: ir.Model, cond: ir.Value) -> bool:
+    """Is the guard's condition false everywhere: a constant all False, or ONNX's
+    Equal(ReduceMax(mask), -inf) on a mask whose values are finite?"""
+    value = _constant(model, cond)
+    if value is not None:
+        return not bool(np.any(value))
+    equal = cond.producer()
+    if equal is None or equal.op_type != "Equal":
+        return False
+    reduce, limit = (equal.inputs[0].producer() if equal.inputs[0] else None), equal.inputs[1]
+    bound = _scalar(limit)
+    if reduce is None or reduce.op_type != "ReduceMax" or bound != -np.inf:
+        return False
+    mask = reduce.inputs[0]
+    if mask is None:
+        return False
+    array = _constant(model, mask)
+    return bool(np.all(np.isfinite(array))) if array is not None else _finite_mask(mask)
+
+
 def _emit(model: ir.Model, b: _Block) -> str:
     """Replace the block by one Attention node; the reason it cannot be, or ""."""
     graph = model.graph
-    bias = _bias(model, b)
+    try:
+        bias = _bias(model, b)
+    except Exception as e:  # onnxruntime cannot run the chain alone: leave the block
+        return f"the score chain's constant part cannot be evaluated ({type(e).__name__})"
     guarded = any(n.op_type == "IsNaN" for n in b.nodes)
     if bias is not None and not np.all(np.isfinite(bias)):
         return "the bias holds non-finite values"
     if guarded and not _finite_mask(b.mask):
         return "the softmax's NaN guard stays: the mask may hold -inf (a row all masked)"
+    if b.row_guard is not None and not _never_masked(model, b.row_guard):
+        return "the all-masked-row guard stays: its condition may be true"
     if b.mask is not None and b.mask.dtype != ir.DataType.FLOAT:
         return f"the mask '{b.mask.name}' is {b.mask.dtype}, not float32"
     if b.q is None or b.v is None or b.out is None:
         return "the block is incomplete"
+    kv = b.k if b.k is not None else b.kt
+    dtypes = {x.dtype for x in (b.q, kv, b.v) if x is not None}
+    if dtypes != {ir.DataType.FLOAT}:
+        names = ", ".join(sorted(str(d) for d in dtypes))
+        return f"Q, K, V are {names}: the canonical op is float32"
     where = b.softmax.name or "attention"
     module = where.rsplit("/", 1)[0] if "/" in where else where
     new: list[ir.Node] = []

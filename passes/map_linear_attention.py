@@ -162,6 +162,8 @@ def _read(
     shapes = [_static(x) for x in (q, k, v)]
     if any(s is None or len(s) != 3 for s in shapes):
         return "Q, K and V are not static [B, N, C] tensors"
+    if {x.dtype for x in (q, k, v)} != {ir.DataType.FLOAT}:
+        return "Q, K and V are not float32 (the canonical op's type)"
     return q, k, v, eps, [ksum, dot, add, recip, product, y]
 
 
@@ -258,6 +260,8 @@ def _read_hashed(
     shapes = [_static(x) for x in (h, v)]
     if any(s is None or len(s) != 4 for s in shapes):
         return "the codes and V are not static [B, H, N, C] tensors"
+    if {x.dtype for x in (h, v)} != {ir.DataType.FLOAT}:
+        return "the codes and V are not float32 (the canonical op's type)"
     return h, v, bias, offset, mul.outputs[0], nodes
 
 

@@ -35,7 +35,7 @@ def _folder_bytes(path: Path) -> int:
 
 @pytest.mark.parametrize(
     ("name", "linear", "matmul", "gather"),
-    [("bit_bert_tiny", 25, 8, 1), ("bivit_deit_tiny", 48, 24, 0)],
+    [("bit_bert_tiny", 25, 8, 1), ("bipft_tiny", 25, 8, 1), ("bivit_deit_tiny", 48, 24, 0)],
 )
 def test_cpu_runs_the_function_bodies(
     name: str, linear: int, matmul: int, gather: int, tmp_path: Path
@@ -54,7 +54,8 @@ def test_cpu_runs_the_function_bodies(
 
 
 @pytest.mark.parametrize(
-    ("name", "options"), [("bit_bert_tiny", {}), ("bivit_deit_tiny", BIVIT_TVM)]
+    ("name", "options"),
+    [("bit_bert_tiny", {}), ("bipft_tiny", {}), ("bivit_deit_tiny", BIVIT_TVM)],
 )
 def test_x86_64_runs_the_popcount_kernels(name: str, options: dict, tmp_path: Path) -> None:
     bundle = edgec.compile(
@@ -98,3 +99,18 @@ def test_binary_bert_bundle_is_10x_smaller_than_float(tmp_path: Path) -> None:
     assert float_bytes > 50e6
     assert size * 10 <= float_bytes, (size, float_bytes)
     assert os.path.getsize(bundle.path / "model.onnx") < size
+
+
+def test_bipft_attention_stays_binary_with_its_estimators(tmp_path: Path) -> None:
+    """BiPFT's Q K^T and P V are popcount products; its rank-one residual estimators stay
+    float beside them; map_attention says why the block is not a float attention."""
+    bundle = edgec.compile(
+        "bipft_tiny", output=tmp_path / "b", backend="onnxruntime", explain="map_attention"
+    )
+    report = next(p for p in bundle.manifest.passes if p["name"] == "map_attention")
+    assert report["rewrites"] == 0
+    reasons = {c["reason"] for c in report["explained"]}
+    assert any("binary attention" in r for r in reasons), reasons
+    proto = onnx.load(bundle.path / "model.onnx")
+    names = [n.name for n in proto.graph.node if n.op_type in ("MatMul", "Gemm")]
+    assert any(".q_p" in n or ".k_p" in n for n in names), names  # the estimators, float

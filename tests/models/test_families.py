@@ -43,6 +43,15 @@ def test_bit_bert_base_backbone() -> None:
     assert sum(p.numel() for p in model.bert.parameters()) == 109_593_721
 
 
+def test_bipft_adds_its_estimators_to_the_binary_bert() -> None:
+    """BiT's backbone without its three unused move_q/k/v biases, plus five rank-one
+    estimators per attention layer and the pooler's LayerNorm."""
+    estimators = 12 * 5 * (768 + 1)
+    unused_moves = 12 * 3 * 768
+    expected = models.count_parameters("bit_bert_base") - unused_moves + estimators + 2 * 768
+    assert models.count_parameters("bipft_base") == expected == 109_615_287
+
+
 def test_every_model_is_listed_with_a_paper() -> None:
     names = models.list_models()
     for family in (
@@ -56,6 +65,8 @@ def test_every_model_is_listed_with_a_paper() -> None:
         "pvt_v2_b0_ecoformer",
         "bit_bert_base",
         "bit_bert_tiny",
+        "bipft_base",
+        "bipft_tiny",
         "bivit_deit_tiny",
         "fmvit_tiny",
     ):
@@ -84,6 +95,7 @@ EXPORTED = [
     "slab_swin_tiny",
     "pvt_v2_b0_ecoformer",
     "bit_bert_tiny",
+    "bipft_tiny",
     "bivit_deit_tiny",
     "fmvit_tiny",
 ]
