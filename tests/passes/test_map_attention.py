@@ -11,6 +11,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 import torch
+import transformers
 from torch import nn
 
 import edgec
@@ -20,8 +21,6 @@ from edgec.passes import lower_attention
 from edgec.passes.cleanup import InferShapes
 from edgec.passes.map_attention import MapAttention
 from edgec.passes.pipelines import cleanup
-
-transformers = pytest.importorskip("transformers")
 
 
 def _hf(kind: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
