@@ -125,18 +125,32 @@ def measure(name: str, rounds: int, runs: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default=",".join(SEED_TRANSFORMERS))
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = parser.parse_args()
-    rows = []
-    for name in args.models.split(","):
-        row = measure(name, args.rounds, args.runs)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+KINDS = {
+    "softmax": ("decomposed", "mha"),
+    "linear": ("kv_first", "qk_first", "einsum_kv_first", "einsum_qk_first"),
+    "hashed": ("matmul",),
+}
+
+
+def blocks(row: dict[str, Any]) -> str:
+    """'found / mapped' softmax blocks and the forms chosen, then the linear and hashed ones."""
+    forms = row["forms"]
+    parts = []
+    for kind, names in KINDS.items():
+        chosen = {f: forms[f] for f in names if forms.get(f)}
+        if kind == "softmax":
+            mapped = f"{row['softmax_in_export']} / {row['attention_mapped']}"
+            parts.append(f"softmax {mapped}" + (f" ({_counts(chosen)})" if chosen else ""))
+        elif chosen:
+            parts.append(f"{kind} {sum(chosen.values())} ({_counts(chosen)})")
+    return "; ".join(parts)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{v} {k}" for k, v in counts.items())
+
+
+def write_table(rows: list[dict[str, Any]], out: Path) -> str:
     header = [
         "model",
         "default export p50 (ms)",
@@ -144,11 +158,11 @@ def main() -> None:
         "edgec cpu p50 (ms)",
         "vs default",
         "vs ORT fusions",
-        "softmax attention: found / mapped (form)",
+        "attention blocks: found / mapped (form chosen)",
         "ORT fusions fired",
     ]
-    table = write_results(
-        args.out,
+    return write_results(
+        out,
         "attention",
         rows,
         header,
@@ -160,16 +174,31 @@ def main() -> None:
                 str(r["edgec_p50_ms"]),
                 f"{r['edgec_vs_default']}x",
                 f"{r['edgec_vs_ort_fusions']}x",
-                f"{r['softmax_in_export']} / {r['attention_mapped']} "
-                + "("
-                + ", ".join(f"{v} {k}" for k, v in r["forms"].items())
-                + ")",
-                ", ".join(f"{v} {k}" for k, v in r["ort_fusions_fired"].items()) or "none",
+                blocks(r),
+                _counts(r["ort_fusions_fired"]) or "none",
             ]
             for r in rows
         ],
     )
-    print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default=",".join(SEED_TRANSFORMERS))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--table-from", type=Path, help="only rewrite the table from this JSON")
+    args = parser.parse_args()
+    if args.table_from is not None:
+        print(write_table(json.loads(args.table_from.read_text()), args.out))
+        return
+    rows = []
+    for name in args.models.split(","):
+        row = measure(name, args.rounds, args.runs)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print(write_table(rows, args.out))
 
 
 if __name__ == "__main__":

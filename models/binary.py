@@ -212,7 +212,8 @@ class BitBertModel(nn.Module):
 
 
 class BitBertClassifier(nn.Module):
-    """BertForSequenceClassification: the binary backbone and a float classifier."""
+    """BertForSequenceClassification: the binary backbone (BiT's, or `backbone`: built from
+    the same geometry, returning the sequence and the pooled output) and a float classifier."""
 
     def __init__(
         self,
@@ -224,10 +225,11 @@ class BitBertClassifier(nn.Module):
         ffn: int = 3072,
         max_positions: int = 512,
         seq_len: int = 128,
+        backbone: type[nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.seq_len = seq_len
-        self.bert = BitBertModel(vocab, dim, depth, heads, ffn, max_positions)
+        self.bert = (backbone or BitBertModel)(vocab, dim, depth, heads, ffn, max_positions)
         self.classifier = nn.Linear(dim, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgec.models.binary import BitEmbedding, BitLinear, ElasticBinarizer, calibrate_steps
+from edgec.models.binary import BitBertClassifier, BitEmbedding, BitLinear, ElasticBinarizer
 
 CONFIGS: dict[str, dict[str, int]] = {
     "bipft_base": {"dim": 768, "depth": 12, "heads": 12, "ffn": 3072},
@@ -103,76 +103,52 @@ class BiPFTLayer(nn.Module):
         return self.output.LayerNorm(self.output.dense(h) + a)
 
 
-class BiPFTClassifier(nn.Module):
-    """The BiPFT backbone and a float sequence classifier (GLUE fine-tuning's form)."""
+class BiPFTModel(nn.Module):
+    """The BiPFT backbone: embeddings, encoder, pooler."""
 
     def __init__(
-        self,
-        num_classes: int = 2,
-        vocab: int = 30522,
-        dim: int = 768,
-        depth: int = 12,
-        heads: int = 12,
-        ffn: int = 3072,
-        max_positions: int = 512,
-        seq_len: int = 128,
+        self, vocab: int, dim: int, depth: int, heads: int, ffn: int, max_positions: int
     ) -> None:
         super().__init__()
-        self.seq_len = seq_len
-        self.bert = nn.Module()
-        e = self.bert.embeddings = nn.Module()
+        e = self.embeddings = nn.Module()
         e.word_embeddings = BitEmbedding(vocab, dim, padding_idx=0)
         e.position_embeddings = nn.Embedding(max_positions, dim)
         e.token_type_embeddings = nn.Embedding(2, dim)
         e.LayerNorm = nn.LayerNorm(dim, eps=1e-12)
-        self.bert.encoder = nn.Module()
-        self.bert.encoder.layer = nn.ModuleList(BiPFTLayer(dim, heads, ffn) for _ in range(depth))
-        self.bert.pooler = nn.Module()
-        self.bert.pooler.dense = BitLinear(dim, dim)
-        self.bert.pooler.LayerNorm = nn.LayerNorm(dim, eps=1e-12)
-        self.classifier = nn.Linear(dim, num_classes)
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList(BiPFTLayer(dim, heads, ffn) for _ in range(depth))
+        self.pooler = nn.Module()
+        self.pooler.dense = BitLinear(dim, dim)
+        self.pooler.LayerNorm = nn.LayerNorm(dim, eps=1e-12)
 
     def forward(
-        self,
-        input_ids: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        e = self.bert.embeddings
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.embeddings
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         x = e.word_embeddings(input_ids) + e.position_embeddings(positions)
         x = e.LayerNorm(x + e.token_type_embeddings(token_type_ids))
         mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
-        for layer in self.bert.encoder.layer:
+        for layer in self.encoder.layer:
             x = layer(x, mask)
-        pooler = self.bert.pooler
         first = x[:, 0]
-        pooled = torch.tanh(pooler.LayerNorm(pooler.dense(first)) + first)
-        return self.classifier(pooled)
+        return x, torch.tanh(self.pooler.LayerNorm(self.pooler.dense(first)) + first)
+
+
+class BiPFTClassifier(BitBertClassifier):
+    """The BiPFT backbone and a float sequence classifier (GLUE fine-tuning's form)."""
+
+    def __init__(self, num_classes: int = 2, **geometry: int) -> None:
+        super().__init__(num_classes=num_classes, backbone=BiPFTModel, **geometry)
 
     @torch.no_grad()
     def calibrate(self, batch: torch.Tensor | None, generator: torch.Generator) -> None:
-        """Step sizes from one batch, as BiT's quantizers set them on the first forward; the
-        estimators and `move` biases get trained-looking values."""
+        """BiT's calibration (step sizes from one batch, trained-looking `move` biases), and
+        trained-looking values for the estimators' weights."""
         for name, p in self.named_parameters():
-            if name.endswith(("move.bias", "_p.weight", "_m.weight")):
+            if name.endswith(("_p.weight", "_m.weight")):
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
-        vocab = self.bert.embeddings.word_embeddings.num_embeddings
-        ids = (
-            batch
-            if batch is not None
-            else torch.randint(0, vocab, (2, self.seq_len), generator=generator)
-        )
-        calibrate_steps(self, ids)
+        super().calibrate(batch, generator)
 
 
 def build(name: str, num_classes: int = 2, **overrides: int) -> BiPFTClassifier:
