@@ -33,6 +33,22 @@ def const(value: ir.Value | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
+def scalar(value: ir.Value | None) -> float | None:
+    """The value of a constant with one element, else None."""
+    array = const(value)
+    if array is None or array.size != 1:
+        return None
+    return float(array.reshape(()))
+
+
+def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    """The value's shape when every dimension is a known integer, else None."""
+    if value is None or value.shape is None:
+        return None
+    dims = tuple(value.shape)
+    return dims if all(isinstance(d, int) for d in dims) else None  # type: ignore[return-value]
+
+
 def f32(value: ir.Value | None) -> np.ndarray | None:
     """`const(value)` if it is float32, else None: the reparameterization passes compute in
     float64 and write float32, so they take float32 layers only (a float16 or float64 model

@@ -23,7 +23,7 @@ import onnx
 import onnx_ir as ir
 
 from edgec.core.binary_ops import STEP_THRESHOLD
-from edgec.passes._ir import const, drop_if_orphaned, is_op, used
+from edgec.passes._ir import const, drop_if_orphaned, is_op, scalar, used
 
 MOVEMENT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Slice", "Flatten")
 
@@ -39,13 +39,6 @@ class ActivationCode:
     offset: np.ndarray | None  # per last-axis feature or scalar, fused into BinaryLinear
     movement: list[ir.Node]  # innermost first
     nodes: list[ir.Node]  # the nodes that compute the code (dropped when unused)
-
-
-def _scalar(value: ir.Value | None) -> float | None:
-    array = const(value)
-    if array is None or array.size != 1:
-        return None
-    return float(array.reshape(()))
 
 
 def _split_offset(u: ir.Value) -> tuple[ir.Value, np.ndarray | None, list[ir.Node]]:
@@ -64,18 +57,18 @@ def _step_form(value: ir.Value) -> tuple[ir.Value, float, list[ir.Node]] | None:
     node = value.producer()
     chain: list[ir.Node] = []
     if is_op(node, "Clip") and node is not None:
-        if _scalar(node.inputs[1]) != 0.0 or _scalar(node.inputs[2]) != 1.0:
+        if scalar(node.inputs[1]) != 0.0 or scalar(node.inputs[2]) != 1.0:
             return None
         chain.append(node)
         rnd = node.inputs[0].producer() if node.inputs[0] is not None else None
     elif is_op(node, "Min") and node is not None and len(node.inputs) == 2:
-        hi = [i for i in (0, 1) if _scalar(node.inputs[i]) == 1.0]
+        hi = [i for i in (0, 1) if scalar(node.inputs[i]) == 1.0]
         if not hi:
             return None
         mx = node.inputs[1 - hi[0]].producer()  # type: ignore[union-attr]
         if not is_op(mx, "Max") or mx is None or len(mx.inputs) != 2:
             return None
-        lo = [i for i in (0, 1) if _scalar(mx.inputs[i]) == 0.0]
+        lo = [i for i in (0, 1) if scalar(mx.inputs[i]) == 0.0]
         if not lo:
             return None
         chain += [node, mx]
@@ -89,7 +82,7 @@ def _step_form(value: ir.Value) -> tuple[ir.Value, float, list[ir.Node]] | None:
     div = rnd.inputs[0].producer()
     if not is_op(div, "Div") or div is None:  # a step of 1: the division was folded away
         return rnd.inputs[0], 1.0, [*chain, rnd]
-    alpha = _scalar(div.inputs[1])
+    alpha = scalar(div.inputs[1])
     if alpha is None or alpha <= 0 or div.inputs[0] is None:
         return None
     return div.inputs[0], alpha, [*chain, rnd, div]
@@ -112,12 +105,12 @@ def activation_code(value: ir.Value) -> ActivationCode | None:
     if node is None:
         return None
     if is_op(node, "Where"):
-        hi, low = _scalar(node.inputs[1]), _scalar(node.inputs[2])
+        hi, low = scalar(node.inputs[1]), scalar(node.inputs[2])
         cond = node.inputs[0].producer() if node.inputs[0] is not None else None
         if hi != 1.0 or low not in (-1.0, 0.0) or not is_op(cond, "GreaterOrEqual"):
             return None
         assert cond is not None and low is not None
-        threshold = _scalar(cond.inputs[1])
+        threshold = scalar(cond.inputs[1])
         if threshold is None or cond.inputs[0] is None:
             return None
         x, offset, add = _split_offset(cond.inputs[0])

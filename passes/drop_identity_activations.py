@@ -18,21 +18,14 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgec.passes._ir import bypass, const, is_op, live_nodes
+from edgec.passes._ir import bypass, const, is_op, live_nodes, static_shape
 from edgec.passes.base import EdgecPass
 
 _NEUTRAL = {"Mul": 1.0, "Div": 1.0, "Add": 0.0, "Sub": 0.0}
 
 
-def _static(value: ir.Value | None) -> tuple[int, ...] | None:
-    if value is None or value.shape is None:
-        return None
-    dims = tuple(value.shape)
-    return dims if all(isinstance(d, int) for d in dims) else None  # type: ignore[return-value]
-
-
 def _same_shape(node: ir.Node) -> bool:
-    a, b = _static(node.inputs[0]), _static(node.outputs[0])
+    a, b = static_shape(node.inputs[0]), static_shape(node.outputs[0])
     return a is not None and a == b
 
 
@@ -59,7 +52,7 @@ def _identity_or_why(node: ir.Node) -> ir.Value | str | None:
             x, c = node.inputs[1], const(node.inputs[0])
         if x is None or c is None or not np.all(c == _NEUTRAL[op]):
             return None
-        out, xs = _static(node.outputs[0]), _static(x)
+        out, xs = static_shape(node.outputs[0]), static_shape(x)
         if out is not None and xs is not None:
             return x if out == xs else f"the constant {_NEUTRAL[op]:g} broadcasts x to {out}"
         return x if c.ndim == 0 else "the constant may broadcast x (shapes unknown)"

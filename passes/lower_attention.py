@@ -24,7 +24,7 @@ import onnx_ir as ir
 
 from edgec.core.binary_ops import ATTENTION, DOMAIN, HASHED_ATTENTION, LINEAR_ATTENTION
 from edgec.core.irutil import ort_session
-from edgec.passes._ir import take_over
+from edgec.passes._ir import static_shape, take_over
 
 MS_DOMAIN = "com.microsoft"
 
@@ -129,13 +129,6 @@ def timed(threads: int) -> Choice:
     return choose
 
 
-def _static(value: ir.Value | None) -> tuple[int, ...] | None:
-    if value is None or value.shape is None:
-        return None
-    dims = tuple(value.shape)
-    return dims if all(isinstance(d, int) for d in dims) else None
-
-
 def _bias_shape(node: ir.Node) -> tuple[int, ...] | None:
     bias = node.inputs[3]
     if bias is None:
@@ -143,7 +136,7 @@ def _bias_shape(node: ir.Node) -> tuple[int, ...] | None:
     const = bias.const_value
     if const is not None and const.size == 1 and float(const.numpy().reshape(())) == 0.0:
         return None
-    return _static(bias) or (-1,)
+    return static_shape(bias) or (-1,)
 
 
 def _q_source(node: ir.Node) -> ir.Value | None:
@@ -159,7 +152,7 @@ def _q_source(node: ir.Node) -> ir.Value | None:
     if r is None or r.op_type != "Reshape":
         return None
     x = r.inputs[0]
-    xs, qs = _static(x), _static(node.inputs[0])
+    xs, qs = static_shape(x), static_shape(node.inputs[0])
     if xs is None or qs is None or xs != (qs[0], qs[2], qs[1] * qs[3]):
         return None
     return x
@@ -179,14 +172,14 @@ def _out_sink(node: ir.Node) -> ir.Value | None:
     if len(tu) != 1 or t.outputs[0].is_graph_output() or tu[0].node.op_type != "Reshape":
         return None
     y = tu[0].node.outputs[0]
-    ys, os_ = _static(y), _static(out)
+    ys, os_ = static_shape(y), static_shape(out)
     if ys is None or os_ is None or ys != (os_[0], os_[2], os_[1] * os_[3]):
         return None
     return y
 
 
 def _shape(node: ir.Node) -> Shape | None:
-    q, k, v = (_static(node.inputs[i]) for i in range(3))
+    q, k, v = (static_shape(node.inputs[i]) for i in range(3))
     if q is None or k is None or v is None:
         return None
     return Shape(
@@ -237,7 +230,7 @@ def _decomposed(graph: ir.Graph, node: ir.Node) -> None:
 
 
 def _linear_shape(node: ir.Node) -> LinearShape | None:
-    q, k, v = (_static(node.inputs[i]) for i in range(3))
+    q, k, v = (static_shape(node.inputs[i]) for i in range(3))
     if q is None or k is None or v is None:
         return None
     return LinearShape(q[0], q[1], k[1], k[2], v[2])

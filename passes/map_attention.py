@@ -34,7 +34,7 @@ import onnx_ir as ir
 
 from edgec.core.binary_ops import ATTENTION, DOMAIN, ensure_function, supports_functions
 from edgec.core.irutil import initializer, run_onnx
-from edgec.passes._ir import only_consumer, take_over
+from edgec.passes._ir import only_consumer, scalar, static_shape, take_over
 from edgec.passes.base import EdgecPass
 
 RULE = "softmax_attention"
@@ -85,23 +85,6 @@ class MapAttention(EdgecPass):
         return fired
 
 
-def _static(value: ir.Value | None) -> tuple[int, ...] | None:
-    if value is None or value.shape is None:
-        return None
-    dims = tuple(value.shape)
-    return dims if all(isinstance(d, int) for d in dims) else None
-
-
-def _scalar(value: ir.Value | None) -> float | None:
-    """The value of a constant with one element, else None."""
-    if value is None or value.const_value is None:
-        return None
-    array = value.const_value.numpy()
-    if array.size != 1 or not np.issubdtype(array.dtype, np.floating):
-        return None
-    return float(array.reshape(()))
-
-
 def _constant_computable(value: ir.Value | None, depth: int = 0) -> bool:
     """Is `value` computed from initializers only (no graph input, no random op)?"""
     if value is None:
@@ -118,7 +101,7 @@ def _read(b: _Block) -> str:
     """Fill `b` from the graph around its Softmax; the reason it is no attention block, or ""."""
     sm = b.softmax
     x = sm.inputs[0]
-    shape = _static(sm.outputs[0])
+    shape = static_shape(sm.outputs[0])
     if x is None or shape is None:
         return "the scores' shape is not static"
     rank = len(shape)
@@ -155,9 +138,9 @@ def _read(b: _Block) -> str:
         return f"more than {_MAX_CHAIN} ops between the scores and the softmax"
     if only_consumer(current) is None:
         return f"the scores '{current.name}' are read elsewhere"
-    if _static(current) != shape:
-        return f"the score chain changes the scores' shape {_static(current)} -> {shape}"
-    if any(_static(n.outputs[0]) is None for n in b.chain):
+    if static_shape(current) != shape:
+        return f"the score chain changes the scores' shape {static_shape(current)} -> {shape}"
+    if any(static_shape(n.outputs[0]) is None for n in b.chain):
         return "a shape in the score chain is not static"
     b.scores = current
     qk = current.producer()
@@ -177,10 +160,10 @@ def _score_operand(b: _Block, node: ir.Node) -> ir.Value | str:
     if a is None or c is None:
         return f"{node.op_type} '{node.name}' lacks an operand"
     if node.op_type in ("Mul", "Div"):
-        s = _scalar(c)
+        s = scalar(c)
         if s is None and node.op_type == "Mul":
             a, c = c, a
-            s = _scalar(c)
+            s = scalar(c)
         if s is None or s == 0.0:
             return f"{node.op_type} '{node.name}' scales the scores by a non-scalar"
         return a
@@ -193,11 +176,11 @@ def _score_operand(b: _Block, node: ir.Node) -> ir.Value | str:
         return f"a run-time mask '{node.name}' inside the score chain (not just before softmax)"
     for scores, mask in ((a, c), (c, a)):
         if _leads_to_matmul(scores):
-            shape, mshape = _static(node.outputs[0]), mask.shape
+            shape, mshape = static_shape(node.outputs[0]), mask.shape
             if mshape is None or len(mshape) > 4:
                 rank = "unknown" if mshape is None else len(mshape)
                 return f"the mask '{mask.name}' has rank {rank}, not at most 4"
-            if _static(scores) != shape:
+            if static_shape(scores) != shape:
                 return f"the mask '{mask.name}' broadcasts the scores to a larger shape"
             b.mask = mask
             return scores
@@ -226,7 +209,7 @@ def _read_after(b: _Block) -> str:
         if uses == {"IsNaN", "Where"} and len(p.uses()) == 2 and not p.is_graph_output():
             isnan = next(u.node for u in p.uses() if u.node.op_type == "IsNaN")
             where = next(u.node for u in p.uses() if u.node.op_type == "Where")
-            zero = _scalar(where.inputs[1])
+            zero = scalar(where.inputs[1])
             if (
                 only_consumer(isnan.outputs[0]) is not where
                 or where.inputs[0] is not isnan.outputs[0]
@@ -246,7 +229,7 @@ def _read_after(b: _Block) -> str:
         reader is not None
         and reader.op_type == "Where"
         and reader.inputs[2] is p
-        and _scalar(reader.inputs[1]) == 0.0
+        and scalar(reader.inputs[1]) == 0.0
     ):
         b.row_guard = reader.inputs[0]
         b.nodes.append(reader)
@@ -255,7 +238,7 @@ def _read_after(b: _Block) -> str:
     if reader is None or reader.op_type != "MatMul" or reader.inputs[0] is not p:
         return "the probabilities are not multiplied by V"
     v = reader.inputs[1]
-    vshape = _static(v)
+    vshape = static_shape(v)
     if v is None or vshape is None or len(vshape) != 4:
         return "V is not a static [B, N, T, Hv] tensor"
     b.v, b.out = v, reader.outputs[0]
@@ -268,9 +251,9 @@ def _strip_scale(b: _Block, value: ir.Value) -> ir.Value:
     node = value.producer()
     while node is not None and node.op_type in ("Mul", "Div") and only_consumer(value):
         x, c = node.inputs[0], node.inputs[1]
-        s = _scalar(c)
+        s = scalar(c)
         if s is None and node.op_type == "Mul":
-            x, s = c, _scalar(x)
+            x, s = c, scalar(x)
         if x is None or s is None or s == 0.0:
             break
         b.scale *= s if node.op_type == "Mul" else 1.0 / s
@@ -286,13 +269,13 @@ def _read_qk(b: _Block, qk: ir.Node) -> str:
         return "the scores' MatMul lacks an operand"
     for node in b.chain:  # the chain's scalars scale the scores
         if node.op_type in ("Mul", "Div"):
-            s = _scalar(node.inputs[1])
-            s = _scalar(node.inputs[0]) if s is None else s
+            s = scalar(node.inputs[1])
+            s = scalar(node.inputs[0]) if s is None else s
             assert s is not None
             b.scale *= s if node.op_type == "Mul" else 1.0 / s
     q = _strip_scale(b, q)
     kt = _strip_scale(b, kt)
-    qs, kts = _static(q), _static(kt)
+    qs, kts = static_shape(q), static_shape(kt)
     if qs is None or kts is None or len(qs) != 4 or len(kts) != 4:
         return "Q and K^T are not static 4-D tensors"
     b.q = q
@@ -321,8 +304,8 @@ def _transposed_source(b: _Block, kt: ir.Value) -> ir.Value | None:
     r = t.inputs[0].producer() if t.inputs[0] is not None else None
     if r is None or r.op_type != "Reshape" or only_consumer(r.outputs[0]) is None:
         return None
-    k, kts = r.inputs[0], _static(kt)
-    ks = _static(k)
+    k, kts = r.inputs[0], static_shape(kt)
+    ks = static_shape(k)
     if k is None or ks is None or kts is None or len(ks) != 4:
         return None
     if (ks[0], ks[1], ks[2], ks[3]) != (kts[0], kts[1], kts[3], kts[2]):
@@ -418,7 +401,7 @@ def _bias(model: ir.Model, b: _Block) -> np.ndarray | None:
         proto = ir.serde.serialize_node(node)
         proto.input[:] = [rename.get(i, i) for i in proto.input]
         chain_protos.append(proto)
-    shape = _static(b.scores)
+    shape = static_shape(b.scores)
     assert shape is not None
     last = b.chain[-1].outputs[0].name or ""
     last = rename.get(last, last)
@@ -448,7 +431,7 @@ def _finite_mask(mask: ir.Value | None) -> bool:
         node = node.inputs[0].producer() if node.inputs[0] is not None else None
     if node is None or node.op_type != "Where":
         return False
-    values = [_scalar(node.inputs[1]), _scalar(node.inputs[2])]
+    values = [scalar(node.inputs[1]), scalar(node.inputs[2])]
     return all(v is not None and np.isfinite(v) for v in values)
 
 
@@ -462,7 +445,7 @@ def _never_masked(model: ir.Model, cond: ir.Value) -> bool:
     if equal is None or equal.op_type != "Equal":
         return False
     reduce, limit = (equal.inputs[0].producer() if equal.inputs[0] else None), equal.inputs[1]
-    bound = _scalar(limit)
+    bound = scalar(limit)
     if reduce is None or reduce.op_type != "ReduceMax" or bound != -np.inf:
         return False
     mask = reduce.inputs[0]

@@ -42,7 +42,7 @@ from edgec.core.binary_ops import (
     ensure_function,
     supports_functions,
 )
-from edgec.passes._ir import only_consumer, take_over
+from edgec.passes._ir import only_consumer, scalar, static_shape, take_over
 from edgec.passes.base import EdgecPass
 
 RULE = "linear_attention"
@@ -77,13 +77,6 @@ def _einsum(value: ir.Value | None, equation: str) -> ir.Node | None:
     if canonical(node.attributes.get_string("equation", "")) != equation:
         return None
     return node
-
-
-def _static(value: ir.Value | None) -> tuple[int, ...] | None:
-    if value is None or value.shape is None:
-        return None
-    dims = tuple(value.shape)
-    return dims if all(isinstance(d, int) for d in dims) else None
 
 
 class MapLinearAttention(EdgecPass):
@@ -159,7 +152,7 @@ def _read(
         return "the normaliser sums K over another axis than the tokens"
     if ksum.attributes.get_int("keepdims", 1) != 0 or only_consumer(ksum.outputs[0]) is not dot:
         return "the sum of K is kept or read elsewhere"
-    shapes = [_static(x) for x in (q, k, v)]
+    shapes = [static_shape(x) for x in (q, k, v)]
     if any(s is None or len(s) != 3 for s in shapes):
         return "Q, K and V are not static [B, N, C] tensors"
     if {x.dtype for x in (q, k, v)} != {ir.DataType.FLOAT}:
@@ -197,12 +190,6 @@ def _emit(
             graph.remove(n, safe=True)
 
 
-def _scalar(value: ir.Value | None) -> float | None:
-    if value is None or value.const_value is None or value.const_value.size != 1:
-        return None
-    return float(value.const_value.numpy().reshape(()))
-
-
 def _other(node: ir.Node, value: ir.Value) -> ir.Value | None:
     """The other operand of a binary node that reads `value`."""
     a, b = node.inputs[0], node.inputs[1]
@@ -228,7 +215,7 @@ def _read_hashed(
     vb_node = vb.producer() if vb is not None else None
     if vb_node is None or vb_node.op_type != "Mul" or v not in vb_node.inputs:
         return "the added term is not V times a constant"
-    bias = _scalar(_other(vb_node, v))
+    bias = scalar(_other(vb_node, v))
     mul = only_consumer(add.outputs[0])
     if bias is None or mul is None or mul.op_type != "Mul":
         return "the sum is not scaled by the normaliser"
@@ -242,8 +229,8 @@ def _read_hashed(
         return "the normaliser is not 1 / (H . sum H + offset)"
     offset, dot_value = None, None
     for a, c in ((den.inputs[0], den.inputs[1]), (den.inputs[1], den.inputs[0])):
-        if _scalar(c) is not None:
-            offset, dot_value = _scalar(c), a
+        if scalar(c) is not None:
+            offset, dot_value = scalar(c), a
     dot = _einsum(dot_value, HASHED_NORM)
     if offset is None or dot is None or dot.inputs[0] is not h:
         return "the normaliser's dot product is not with the codes"
@@ -257,7 +244,7 @@ def _read_hashed(
     for n in nodes[:-1]:
         if any(len(x.uses()) != 1 or x.is_graph_output() for x in n.outputs):
             return f"'{n.name}' is read outside the block"
-    shapes = [_static(x) for x in (h, v)]
+    shapes = [static_shape(x) for x in (h, v)]
     if any(s is None or len(s) != 4 for s in shapes):
         return "the codes and V are not static [B, H, N, C] tensors"
     if {x.dtype for x in (h, v)} != {ir.DataType.FLOAT}:
