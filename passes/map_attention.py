@@ -414,6 +414,21 @@ def _bias(model: ir.Model, b: _Block) -> np.ndarray | None:
     return np.ascontiguousarray(bias, dtype=np.float32)
 
 
+def _direct_bias(b: _Block) -> ir.Value | None:
+    """The bias term itself, when the chain only scales the scores and then adds it once
+    (rank at most 4, float32); None when the chain needs evaluating."""
+    steps = [n for n in b.chain if b.mask is None or b.mask not in n.inputs]
+    if not steps or steps[-1].op_type != "Add":
+        return None
+    if any(n.op_type not in ("Mul", "Div") for n in steps[:-1]):
+        return None
+    carried = _carried(b, steps[-1])
+    term = steps[-1].inputs[1] if steps[-1].inputs[0] is carried else steps[-1].inputs[0]
+    if term is None or term.shape is None or len(term.shape) > 4:
+        return None
+    return term if term.dtype == ir.DataType.FLOAT else None
+
+
 def _carried(b: _Block, node: ir.Node) -> ir.Value:
     """The input of a score edit that carries the scores (the one from the MatMul's side)."""
     for value in node.inputs:
@@ -458,8 +473,9 @@ def _never_masked(model: ir.Model, cond: ir.Value) -> bool:
 def _emit(model: ir.Model, b: _Block) -> str:
     """Replace the block by one Attention node; the reason it cannot be, or ""."""
     graph = model.graph
+    direct = _direct_bias(b)
     try:
-        bias = _bias(model, b)
+        bias = _bias(model, b) if direct is None else _constant(model, direct)
     except Exception as e:  # onnxruntime cannot run the chain alone: leave the block
         return f"the score chain's constant part cannot be evaluated ({type(e).__name__})"
     guarded = any(n.op_type == "IsNaN" for n in b.nodes)
@@ -495,7 +511,12 @@ def _emit(model: ir.Model, b: _Block) -> str:
         assert b.mask is not None
         total = b.mask
     else:
-        total = initializer(graph, bias, f"{module}.attention_bias")
+        # a bias added once after the scale is read as it is computed (TinyViT's table
+        # gather: materialized it would be S x T per head); a chain, evaluated once
+        if direct is not None:
+            total = direct
+        else:
+            total = initializer(graph, bias, f"{module}.attention_bias")
         if b.mask is not None:
             add = ir.node("Add", [total, b.mask])
             add.name = f"{module}/attention_mask"
