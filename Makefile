@@ -48,7 +48,7 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
-# the unit tiers (under 2 minutes): everything not marked slow
+# the unit tiers (about 2 minutes): everything not marked slow
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "not slow"

@@ -88,7 +88,9 @@ def _mapped(path: Path) -> tuple[ir.Model, MapAttention]:
     [
         ("bert", {"dynamo": True}, 2),  # sdpa decomposed, sqrt scale on Q and K, IsNaN guard
         ("vit", {"dynamo": True}, 2),
-        ("swin", {"dynamo": True}, 4),  # two windowed blocks with the shift mask
+        pytest.param(  # two windowed blocks with the shift mask
+            "swin", {"dynamo": True}, 4, marks=pytest.mark.slow
+        ),
         ("vit", {"dynamo": False, "opset_version": 17}, 2),  # the legacy exporter
     ],
 )
@@ -204,6 +206,7 @@ def test_probabilities_read_elsewhere_stay(tmp_path: Path) -> None:
     assert any("read by" in c.reason for c in mapping.explained), mapping.explained
 
 
+@pytest.mark.slow  # two seed models compiled and timed per block shape
 @pytest.mark.parametrize(("name", "blocks"), [("tiny_vit_5m", 10), ("slab_swin_tiny", 8)])
 def test_seed_transformers_compile_with_mapped_attention(
     name: str, blocks: int, tmp_path: Path

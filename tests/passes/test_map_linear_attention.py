@@ -102,6 +102,7 @@ def test_other_letters_and_a_normaliser_without_eps(tmp_path: Path) -> None:
     assert any("not 1 / (q . sum k + eps)" in r for r in reasons), reasons
 
 
+@pytest.mark.slow  # a seed model compiled and timed per block shape
 def test_slab_pvt_compiles_with_mapped_linear_attention(tmp_path: Path) -> None:
     bundle = edgec.compile("slab_pvt_tiny", output=tmp_path / "b", backend="onnxruntime")
     report = next(p for p in bundle.manifest.passes if p["name"] == "map_linear_attention")
@@ -114,6 +115,7 @@ def test_slab_pvt_compiles_with_mapped_linear_attention(tmp_path: Path) -> None:
     assert bundle.manifest.reference["max_rel_error"] <= 1e-4  # vs torch eager
 
 
+@pytest.mark.slow  # a seed model compiled and timed per block shape
 def test_ecoformer_hashed_attention_is_mapped_and_exact(tmp_path: Path) -> None:
     """EcoFormer's stages 1-3: hashed attention over +-1 codes (6 blocks), stage 4 softmax
     (2 blocks); the bundle matches torch eager."""
