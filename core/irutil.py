@@ -156,6 +156,11 @@ def run_onnx(
 _counter = itertools.count()
 
 
+def copy_model(model: ir.Model) -> ir.Model:
+    """An independent copy of `model` (the caller's object is never rewritten)."""
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+
+
 def initializer(graph: ir.Graph, array: np.ndarray, hint: str) -> ir.Value:
     """A new initializer holding `array` (never mutate one: others may read it)."""
     name = f"{hint}__edgec{next(_counter)}"

@@ -21,6 +21,7 @@ import onnx_ir as ir
 from edgec import teacher_forcing
 from edgec.core.binary_ops import has_binary_ops
 from edgec.core.errors import OptionError, UnsupportedOpError
+from edgec.core.irutil import copy_model
 from edgec.runtime.bundle import Bundle, Manifest, finalize_manifest, save_reference
 from edgec.runtime.bundle_check import BundleCheckError, accepted_tolerance, allowed, check_bundle
 from edgec.runtime.compare import default_tolerance
@@ -432,7 +433,7 @@ def _default_export_form(model: ir.Model) -> ir.Model:
     import onnxscript.optimizer
     import onnxscript.rewriter.onnx_fusions
 
-    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    copy = copy_model(model)
     onnxscript.optimizer.optimize_ir(copy)
     onnxscript.rewriter.onnx_fusions.fuse(copy)
     return copy

@@ -34,7 +34,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgec.core.errors import VerificationError
-from edgec.core.irutil import input_specs, output_specs, run_onnx
+from edgec.core.irutil import copy_model, input_specs, output_specs, run_onnx
 from edgec.runtime.bundle import Bundle, Manifest
 from edgec.runtime.compare import rel_error
 from edgec.runtime.session import Session
@@ -102,7 +102,7 @@ def forced_copy(
 ) -> ir.Model:
     """A copy of `model` where the cut inputs of binary ops read `NAME__forced` graph inputs
     and the cut values (and `extra_outputs`) are also outputs."""
-    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    copy = copy_model(model)
     position = {id(node): i for i, node in enumerate(model.graph)}
     wanted = {(position[id(c.node)], c.index) for c in cuts}  # serialization keeps the order
     forced: dict[str, ir.Value] = {}
@@ -248,7 +248,7 @@ def _ties(
 ) -> tuple[int, str]:
     """Codes that differ between the free-running IR and torch at cuts whose float values
     agree (within 1e-4 of their scale): the ties, and the first layer with one."""
-    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    copy = copy_model(model)
     outputs = {v.name for v in copy.graph.outputs}
     by_name = {v.name: v for n in copy.graph for v in n.outputs}
     for c in dict.fromkeys(c.value for c in cuts):

@@ -20,6 +20,7 @@ from edgec.core.errors import (
     UnsupportedOpError,
     UnsupportedTypeError,
 )
+from edgec.core.irutil import copy_model
 from edgec.core.specs import TensorSpec
 
 # Domains whose ops some back end implements outside the ONNX standard.
@@ -67,7 +68,7 @@ def from_memory(model: onnx.ModelProto | ir.Model, label: str = "model") -> ir.M
             raise ModelFormatError(f"{label} fails the ONNX checker: {_first_line(e)}") from None
         model = ir.serde.deserialize_model(model)
     else:  # never rewrite the caller's object
-        model = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        model = copy_model(model)
     check_ops(model, label)
     _legacy_dynamic_dims(model)
     return model

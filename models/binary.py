@@ -37,6 +37,7 @@ Two choices keep the math exact, and identical on every runtime:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -161,23 +162,36 @@ class BitSelfAttention(nn.Module):
 
 
 class BitLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, ffn: int) -> None:
+    """A BiT encoder layer; BiPFT's changes the attention, the norms and the FFN activation
+    (whose output the second FFN layer binarizes signed when it can be negative)."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        ffn: int,
+        attention: Callable[[int, int], nn.Module] = BitSelfAttention,
+        norm: Callable[[int], nn.Module] = BertLayerNorm,
+        activation: Callable[[torch.Tensor], torch.Tensor] = F.relu,
+    ) -> None:
         super().__init__()
+        self.activation = activation
         self.attention = nn.Module()
-        self.attention.self = BitSelfAttention(dim, heads)
+        self.attention.self = attention(dim, heads)
         self.attention.output = nn.Module()
         self.attention.output.dense = BitLinear(dim, dim)
-        self.attention.output.LayerNorm = BertLayerNorm(dim)
+        self.attention.output.LayerNorm = norm(dim)
         self.intermediate = nn.Module()
         self.intermediate.dense = BitLinear(dim, ffn)
         self.output = nn.Module()
-        self.output.dense = BitLinear(ffn, dim, signed_input=False)  # after ReLU
-        self.output.LayerNorm = BertLayerNorm(dim)
+        # after ReLU the input is non-negative: {0, 1} codes
+        self.output.dense = BitLinear(ffn, dim, signed_input=activation is not F.relu)
+        self.output.LayerNorm = norm(dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = self.attention.output
         a = out.LayerNorm(out.dense(self.attention.self(x, mask)) + x)
-        h = F.relu(self.intermediate.dense(a))
+        h = self.activation(self.intermediate.dense(a))
         return self.output.LayerNorm(self.output.dense(h) + a)
 
 
@@ -185,16 +199,24 @@ class BitBertModel(nn.Module):
     """The backbone: embeddings, encoder, pooler (what the 109,593,721 counts)."""
 
     def __init__(
-        self, vocab: int, dim: int, depth: int, heads: int, ffn: int, max_positions: int
+        self,
+        vocab: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        ffn: int,
+        max_positions: int,
+        layer: Callable[[int, int, int], nn.Module] = BitLayer,
+        norm: Callable[[int], nn.Module] = BertLayerNorm,
     ) -> None:
         super().__init__()
         self.embeddings = nn.Module()
         self.embeddings.word_embeddings = BitEmbedding(vocab, dim, padding_idx=0)
         self.embeddings.position_embeddings = nn.Embedding(max_positions, dim)
         self.embeddings.token_type_embeddings = nn.Embedding(2, dim)
-        self.embeddings.LayerNorm = BertLayerNorm(dim)
+        self.embeddings.LayerNorm = norm(dim)
         self.encoder = nn.Module()
-        self.encoder.layer = nn.ModuleList(BitLayer(dim, heads, ffn) for _ in range(depth))
+        self.encoder.layer = nn.ModuleList(layer(dim, heads, ffn) for _ in range(depth))
         self.pooler = nn.Module()
         self.pooler.dense = BitLinear(dim, dim)
 
@@ -208,7 +230,11 @@ class BitBertModel(nn.Module):
         mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
         for layer in self.encoder.layer:
             x = layer(x, mask)
-        return x, torch.tanh(self.pooler.dense(x[:, 0]))
+        return x, self.pool(x[:, 0])
+
+    def pool(self, first: torch.Tensor) -> torch.Tensor:
+        """The pooled output from the first token's state."""
+        return torch.tanh(self.pooler.dense(first))
 
 
 class BitBertClassifier(nn.Module):

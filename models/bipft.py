@@ -30,7 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgec.models.binary import BitBertClassifier, BitEmbedding, BitLinear, ElasticBinarizer
+from edgec.models.binary import (
+    BitBertClassifier,
+    BitBertModel,
+    BitLayer,
+    BitLinear,
+    ElasticBinarizer,
+)
 
 CONFIGS: dict[str, dict[str, int]] = {
     "bipft_base": {"dim": 768, "depth": 12, "heads": 12, "ffn": 3072},
@@ -82,57 +88,30 @@ class BiPFTSelfAttention(nn.Module):
         return ctx.reshape(ctx.shape[0], ctx.shape[1], -1)
 
 
-class BiPFTLayer(nn.Module):
+def _layer_norm(dim: int) -> nn.Module:
+    return nn.LayerNorm(dim, eps=1e-12)
+
+
+class BiPFTLayer(BitLayer):
+    """BiT's layer with BiPFT's attention, torch's LayerNorm and GELU (its output binarized by
+    sign in the second FFN layer)."""
+
     def __init__(self, dim: int, heads: int, ffn: int) -> None:
-        super().__init__()
-        self.attention = nn.Module()
-        self.attention.self = BiPFTSelfAttention(dim, heads)
-        self.attention.output = nn.Module()
-        self.attention.output.dense = BitLinear(dim, dim)
-        self.attention.output.LayerNorm = nn.LayerNorm(dim, eps=1e-12)
-        self.intermediate = nn.Module()
-        self.intermediate.dense = BitLinear(dim, ffn)
-        self.output = nn.Module()
-        self.output.dense = BitLinear(ffn, dim)  # sign of the GELU output
-        self.output.LayerNorm = nn.LayerNorm(dim, eps=1e-12)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.attention.output
-        a = out.LayerNorm(out.dense(self.attention.self(x, mask)) + x)
-        h = F.gelu(self.intermediate.dense(a))
-        return self.output.LayerNorm(self.output.dense(h) + a)
+        super().__init__(dim, heads, ffn, BiPFTSelfAttention, _layer_norm, F.gelu)
 
 
-class BiPFTModel(nn.Module):
-    """The BiPFT backbone: embeddings, encoder, pooler."""
+class BiPFTModel(BitBertModel):
+    """The BiPFT backbone: BiT's embeddings and encoder shape, BiPFT's layers, and the pooler
+    tanh(LayerNorm(dense(h_0)) + h_0)."""
 
     def __init__(
         self, vocab: int, dim: int, depth: int, heads: int, ffn: int, max_positions: int
     ) -> None:
-        super().__init__()
-        e = self.embeddings = nn.Module()
-        e.word_embeddings = BitEmbedding(vocab, dim, padding_idx=0)
-        e.position_embeddings = nn.Embedding(max_positions, dim)
-        e.token_type_embeddings = nn.Embedding(2, dim)
-        e.LayerNorm = nn.LayerNorm(dim, eps=1e-12)
-        self.encoder = nn.Module()
-        self.encoder.layer = nn.ModuleList(BiPFTLayer(dim, heads, ffn) for _ in range(depth))
-        self.pooler = nn.Module()
-        self.pooler.dense = BitLinear(dim, dim)
-        self.pooler.LayerNorm = nn.LayerNorm(dim, eps=1e-12)
+        super().__init__(vocab, dim, depth, heads, ffn, max_positions, BiPFTLayer, _layer_norm)
+        self.pooler.LayerNorm = _layer_norm(dim)
 
-    def forward(
-        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        e = self.embeddings
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        x = e.word_embeddings(input_ids) + e.position_embeddings(positions)
-        x = e.LayerNorm(x + e.token_type_embeddings(token_type_ids))
-        mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
-        for layer in self.encoder.layer:
-            x = layer(x, mask)
-        first = x[:, 0]
-        return x, torch.tanh(self.pooler.LayerNorm(self.pooler.dense(first)) + first)
+    def pool(self, first: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.pooler.LayerNorm(self.pooler.dense(first)) + first)
 
 
 class BiPFTClassifier(BitBertClassifier):

@@ -81,8 +81,8 @@ def drop_if_orphaned(value: ir.Value | None) -> None:
 
 
 def take_over(old: ir.Value, new: ir.Value) -> None:
-    """Every reader of `old` reads the new value `new` (a node's output, no input or output
-    yet); where `old` is a graph output, `new` takes its place and name."""
+    """Every reader of `old` reads `new`; where `old` is a graph output, `new` takes its place
+    and name (so `new` must then be no graph input, initializer or other output)."""
     if old.is_graph_output():
         name = old.name
         old.replace_all_uses_with(new, replace_graph_outputs=True)
@@ -90,6 +90,14 @@ def take_over(old: ir.Value, new: ir.Value) -> None:
         new.name = name
     else:
         old.replace_all_uses_with(new)
+
+
+def remove_unread(graph: ir.Graph, nodes: list[ir.Node]) -> None:
+    """Remove those of `nodes` whose outputs nothing reads any more (readers first)."""
+    wanted = set(map(id, nodes))
+    for node in reversed([n for n in graph if id(n) in wanted]):
+        if not any(used(o) for o in node.outputs):
+            graph.remove(node, safe=True)
 
 
 def bypass(node: ir.Node, replacement: ir.Value) -> bool:
@@ -103,17 +111,13 @@ def bypass(node: ir.Node, replacement: ir.Value) -> bool:
     assert graph is not None
     if any(used(o) for o in node.outputs[1:]):
         return False
-    if old.is_graph_output():
-        if replacement.is_graph_input() or replacement.is_graph_output():
-            return False
-        if replacement.is_initializer():
-            return False
-        name = old.name
-        old.replace_all_uses_with(replacement, replace_graph_outputs=True)
-        old.name = f"{name}__bypassed"
-        replacement.name = name
-    else:
-        old.replace_all_uses_with(replacement)
+    if old.is_graph_output() and (
+        replacement.is_graph_input()
+        or replacement.is_graph_output()
+        or replacement.is_initializer()
+    ):
+        return False
+    take_over(old, replacement)
     inputs = list(node.inputs)
     graph.remove(node, safe=True)
     for value in inputs:

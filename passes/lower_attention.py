@@ -23,7 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgec.core.binary_ops import ATTENTION, DOMAIN, HASHED_ATTENTION, LINEAR_ATTENTION
-from edgec.core.irutil import ort_session
+from edgec.core.irutil import initializer, ort_session
 from edgec.passes._ir import static_shape, take_over
 
 MS_DOMAIN = "com.microsoft"
@@ -72,11 +72,6 @@ def attention_nodes(model: ir.Model) -> list[ir.Node]:
     """The canonical attention ops of the main graph (softmax, linear, hashed)."""
     kinds = (ATTENTION, LINEAR_ATTENTION, HASHED_ATTENTION)
     return [n for n in model.graph if n.domain == DOMAIN and n.op_type in kinds]
-
-
-def copy(model: ir.Model) -> ir.Model:
-    """A copy of `model` to lower (the IR is shared by the back ends measure-and-pick builds)."""
-    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
 
 
 Choice = Callable[["Shape | LinearShape"], tuple[str, dict[str, Any]]]
@@ -286,10 +281,7 @@ def _linear(graph: ir.Graph, node: ir.Node, form: str) -> None:
 
 
 def _scalar_init(graph: ir.Graph, value: float, name: str) -> ir.Value:
-    c = ir.Value(name=name, const_value=ir.tensor(np.float32(value)))
-    c.shape, c.type = ir.Shape([]), ir.TensorType(ir.DataType.FLOAT)
-    graph.register_initializer(_unique(graph, c))
-    return c
+    return initializer(graph, np.array(value, np.float32), name)
 
 
 def _hashed(graph: ir.Graph, node: ir.Node) -> None:
@@ -336,12 +328,7 @@ def _mha(graph: ir.Graph, node: ir.Node, shape: Shape) -> None:
                 ),
                 bias_dims,
             )
-            c = ir.Value(
-                name=f"{base}/attention_bias", const_value=ir.tensor(np.ascontiguousarray(array))
-            )
-            c.shape, c.type = ir.Shape(list(bias_dims)), ir.TensorType(ir.DataType.FLOAT)
-            graph.register_initializer(_unique(graph, c))
-            inputs[5] = c
+            inputs[5] = initializer(graph, np.ascontiguousarray(array), f"{base}/attention_bias")
         else:
             e = ir.node("Expand", [bias, _ints(graph, list(bias_dims), base)], name=f"{base}/bias4")
             nodes.append(e)
@@ -368,18 +355,7 @@ def _mha(graph: ir.Graph, node: ir.Node, shape: Shape) -> None:
 
 
 def _ints(graph: ir.Graph, values: list[int], base: str) -> ir.Value:
-    c = ir.Value(name=f"{base}/shape", const_value=ir.tensor(np.array(values, np.int64)))
-    c.shape, c.type = ir.Shape([len(values)]), ir.TensorType(ir.DataType.INT64)
-    graph.register_initializer(_unique(graph, c))
-    return c
-
-
-def _unique(graph: ir.Graph, value: ir.Value) -> ir.Value:
-    base, n = value.name or "c", 0
-    while value.name in graph.initializers:
-        n += 1
-        value.name = f"{base}_{n}"
-    return value
+    return initializer(graph, np.array(values, np.int64), f"{base}/shape")
 
 
 def _replace(

@@ -34,7 +34,7 @@ import onnx_ir as ir
 
 from edgec.core.binary_ops import ATTENTION, DOMAIN, ensure_function, supports_functions
 from edgec.core.irutil import initializer, run_onnx
-from edgec.passes._ir import only_consumer, scalar, static_shape, take_over
+from edgec.passes._ir import only_consumer, remove_unread, scalar, static_shape, take_over
 from edgec.passes.base import EdgecPass
 
 RULE = "softmax_attention"
@@ -538,12 +538,5 @@ def _emit(model: ir.Model, b: _Block) -> str:
     graph.insert_before(matmul_pv, new)
     ensure_function(model, ATTENTION)
     take_over(b.out, out)
-    for node in reversed(_topological(graph, [*b.nodes, b.softmax])):
-        if all(not o.uses() and not o.is_graph_output() for o in node.outputs):
-            graph.remove(node, safe=True)
+    remove_unread(graph, [*b.nodes, b.softmax])
     return ""
-
-
-def _topological(graph: ir.Graph, nodes: list[ir.Node]) -> list[ir.Node]:
-    wanted = set(map(id, nodes))
-    return [n for n in graph if id(n) in wanted]

@@ -42,7 +42,7 @@ from edgec.core.binary_ops import (
     ensure_function,
     supports_functions,
 )
-from edgec.passes._ir import only_consumer, scalar, static_shape, take_over
+from edgec.passes._ir import only_consumer, remove_unread, scalar, static_shape, take_over
 from edgec.passes.base import EdgecPass
 
 RULE = "linear_attention"
@@ -185,9 +185,7 @@ def _emit(
     graph.insert_before(y, node)
     ensure_function(model, LINEAR_ATTENTION)
     take_over(y.outputs[0], out)
-    for n in reversed([n for n in graph if n in set(nodes)]):
-        if all(not o.uses() and not o.is_graph_output() for o in n.outputs):
-            graph.remove(n, safe=True)
+    remove_unread(graph, nodes)
 
 
 def _other(node: ir.Node, value: ir.Value) -> ir.Value | None:
@@ -277,6 +275,4 @@ def _emit_hashed(
     graph.insert_before(last, node)
     ensure_function(model, HASHED_ATTENTION)
     take_over(out, new)
-    for n in reversed([n for n in graph if n in set(nodes)]):
-        if all(not o.uses() and not o.is_graph_output() for o in n.outputs):
-            graph.remove(n, safe=True)
+    remove_unread(graph, nodes)

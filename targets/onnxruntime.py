@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from edgec.core.irutil import ort_session
+from edgec.core.irutil import copy_model, ort_session
 from edgec.passes import lower_attention
 from edgec.targets.base import Artifacts, CompileOptions
 
@@ -56,7 +56,7 @@ class OnnxruntimeTarget:
     def compile(self, model: ir.Model, options: CompileOptions, stage: Path) -> Artifacts:
         attention: list[dict] = []
         if lower_attention.attention_nodes(model):  # each block in its fastest form here
-            model = lower_attention.copy(model)
+            model = copy_model(model)  # the IR is shared by the back ends
             attention = lower_attention.lower(model, lower_attention.timed(options.threads))
         files = save_onnx(model, stage / "model.onnx")
         ort_session(stage / "model.onnx", optimize=True)  # fails here, naming an unsupported op

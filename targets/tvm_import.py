@@ -20,6 +20,7 @@ import onnx_ir as ir
 
 from edgec.core.binary_ops import DOMAIN
 from edgec.core.errors import UnsupportedOpError
+from edgec.core.irutil import copy_model
 from edgec.passes import lower_attention
 from edgec.targets.binary_kernels import CONVERTERS, clear_kernels
 
@@ -89,7 +90,7 @@ def import_onnx(model: ir.Model) -> Any:
     from tvm.relax.frontend.onnx import from_onnx
 
     if lower_attention.attention_nodes(model):
-        model = lower_attention.copy(model)
+        model = copy_model(model)  # the IR is shared by the back ends
         lower_attention.lower(model)
     _check_domains(model)
     common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)

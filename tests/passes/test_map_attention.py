@@ -16,7 +16,7 @@ from torch import nn
 
 import edgec
 from edgec.core.binary_ops import ATTENTION, DOMAIN
-from edgec.core.irutil import run_onnx
+from edgec.core.irutil import copy_model, run_onnx
 from edgec.passes import lower_attention
 from edgec.passes.cleanup import InferShapes
 from edgec.passes.map_attention import MapAttention
@@ -107,7 +107,7 @@ def test_hugging_face_attention_is_mapped_and_exact(
     for name, got in run_onnx(model, feeds).items():  # the function bodies
         np.testing.assert_allclose(got, reference[name], rtol=1e-5, atol=1e-5)
     for form in ("decomposed", "mha"):
-        lowered = lower_attention.copy(model)
+        lowered = copy_model(model)
         chosen = lower_attention.lower(lowered, lambda shape, f=form: (f, {}))
         assert {c["form"] for c in chosen} == {form}
         ops = {f"{n.domain}::{n.op_type}" for n in lowered.graph}

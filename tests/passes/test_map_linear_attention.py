@@ -14,7 +14,7 @@ from torch import nn
 
 import edgec
 from edgec.core.binary_ops import DOMAIN, LINEAR_ATTENTION
-from edgec.core.irutil import run_onnx
+from edgec.core.irutil import copy_model, run_onnx
 from edgec.models.slab import head_dwc, simplified_linear_attention
 from edgec.passes import lower_attention
 from edgec.passes.cleanup import InferShapes
@@ -83,7 +83,7 @@ def test_slab_attention_is_mapped_and_every_form_is_exact(tokens: int, tmp_path:
     got = next(iter(run_onnx(model, {"x": x.numpy()}).values()))  # the function body
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for form in ("kv_first", "qk_first", "einsum_kv_first", "einsum_qk_first"):
-        lowered = lower_attention.copy(model)
+        lowered = copy_model(model)
         assert lower_attention.lower(lowered, lambda _, f=form: (f, {}))[0]["form"] == form
         assert _count(lowered) == 0
         got = next(iter(run_onnx(lowered, {"x": x.numpy()}).values()))
@@ -143,7 +143,7 @@ def test_hashed_attention_needs_codes(tmp_path: Path) -> None:
     hashed = [n for n in model.graph if n.op_type == "HashedAttention"]
     assert len(hashed) == 1, mapping.explained
     want = module(x).detach().numpy()
-    lowered = lower_attention.copy(model)
+    lowered = copy_model(model)
     lower_attention.lower(lowered)
     for m in (model, lowered):
         got = next(iter(run_onnx(m, {"x": x.numpy()}).values()))
