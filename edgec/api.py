@@ -73,6 +73,7 @@ def compile(
     tune_time: float | None = None,
     device: str | None = None,
     binarize: str | None = None,
+    attention_forms: Mapping[str, str] | None = None,
     explain: bool | str = False,
     on_step: Callable[[str], None] | None = None,
 ) -> Bundle:
@@ -100,6 +101,10 @@ def compile(
       Conv layers are binarized after the pipeline (`edgec.passes.binarize_layers`), each
       layer's output error on the sample inputs is reported, and the binarized model becomes
       the reference the bundle is checked against.
+    attention_forms: kind of attention block ("softmax", "linear", "hashed") -> the form to
+      lower it to instead of the one measured or counted cheapest
+      (`edgec.passes.lower_attention`), where the back end has that form for the block;
+      `backend_options.attention` records each block's form.
     explain: True, or the name of one pass: each pass report in the manifest (`passes`) also
       lists every rewrite that fired and every candidate left alone, with its nodes and why.
     """
@@ -109,6 +114,7 @@ def compile(
     from edgec.passes import PassManager, get_pipeline
     from edgec.passes.binarize_layers import binarize_step
     from edgec.passes.cleanup import InferShapes
+    from edgec.passes.lower_attention import form_problem
     from edgec.passes.pipelines import check_explain
     from edgec.targets import CompileOptions
 
@@ -124,6 +130,10 @@ def compile(
             f"target '{target}' with back end '{backend}' builds none"
         )
     check_explain(candidates[0].pipeline, explain)
+    attention_forms = dict(attention_forms or {})
+    problem = form_problem(attention_forms)
+    if problem is not None:
+        raise OptionError(problem)
     out = Path(output) if output is not None else default_output(source, target)
     check_destination(out)  # before the long work, not after it
     timings: dict[str, float] = {}
@@ -185,6 +195,7 @@ def compile(
         tune_time=tune_time,
         device=device,
         on_progress=on_step,
+        attention_forms=attention_forms,
     )
     skipped: dict[str, str] = {}  # back end -> why measure-and-pick did not build it
     if backend == "auto" and target == "cpu":  # an x86_64 compile asked for TVM: always built

@@ -169,6 +169,15 @@ def cli(ctx: click.Context, verbose: int) -> None:
     help="Binarize the Linear and 1x1 Conv layers whose names match (post-training: sign "
     "with per-channel mean-|W| scales, calibrated input offsets); reports each layer's error.",
 )
+@click.option(
+    "--attention-form",
+    "attention_forms",
+    multiple=True,
+    metavar="KIND=FORM",
+    help="Lower every softmax|linear|hashed attention block to FORM instead of the measured "
+    "or cheapest one, where the back end has it (e.g. hashed=popcount: the codes' products "
+    "as popcount kernels on TVM). Repeatable.",
+)
 @_explain_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile(
@@ -191,6 +200,7 @@ def compile(
     threads: int,
     device: str | None,
     binarize: str | None,
+    attention_forms: tuple[str, ...],
     explain: str | None,
     as_json: bool,
 ) -> None:
@@ -205,6 +215,12 @@ def compile(
     if tolerance is not None and not 0 < tolerance < float("inf"):
         raise OptionError(f"--tolerance must be a positive number (got {tolerance})")
     given = _read_inputs((*input_files, *([str(inputs_npz)] if inputs_npz else [])))
+    forms = {}
+    for item in attention_forms:
+        kind, sep, form = item.partition("=")
+        if not sep or not kind or not form:
+            raise OptionError(f"--attention-form {item}: expected KIND=FORM, e.g. hashed=popcount")
+        forms[kind.strip()] = form.strip()
     verify = verify or report  # the report's error column needs the per-pass runs
     start = time.perf_counter()
     with render.err.status("compiling", spinner="dots") as status:
@@ -227,6 +243,7 @@ def compile(
             threads=threads,
             device=device,
             binarize=binarize,
+            attention_forms=forms,
             explain=_explain_value(explain),
             on_step=lambda s: status.update(s),
         )

@@ -6,6 +6,13 @@ Forms:
 - `mha`: onnxruntime's `com.microsoft.MultiHeadAttention` (query [B, S, N*H], key and value
   [B, N, T, H], `attention_bias` [B|1, N|1, S, T], output [B, S, N*Hv]); the Transpose and
   Reshape that made Q from [B, S, N*H] and that undo them after the block are read through.
+- linear attention: `kv_first` / `qk_first` (MatMuls in that product order) or onnxruntime's
+  Einsum in either order (`einsum_kv_first` / `einsum_qk_first`).
+- hashed attention: `matmul` (the linear form H (H^T V), float MatMuls on the +-1 codes) or,
+  on TVM, `popcount`: the codes' Gram matrix H H^T as edgec's `BinaryMatMul` (XNOR-popcount
+  on the bit-packed codes, an exact integer), then (S V + bias V) / (rowsum S + offset). It
+  costs T^2 (e + 1 + words) against the linear form's T b (2e + 1): cheaper only for short
+  sequences (T below about 2b tokens), and chosen by that count (`cheapest`).
 
 `onnxruntime_forms` times both on the block's shapes in onnxruntime, on the threads the
 bundle runs with, interleaved, medians, once per distinct shape; measured on these machines
@@ -22,7 +29,14 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from edgec.core.binary_ops import ATTENTION, DOMAIN, HASHED_ATTENTION, LINEAR_ATTENTION
+from edgec.core.binary_ops import (
+    ATTENTION,
+    DOMAIN,
+    HASHED_ATTENTION,
+    LINEAR_ATTENTION,
+    ensure_function,
+    words,
+)
 from edgec.core.irutil import initializer, ort_session
 from edgec.passes._ir import static_shape, take_over
 
@@ -60,12 +74,86 @@ class LinearShape:
         return self.i * self.j * (self.c + self.d) > self.c * self.d * (self.i + self.j)
 
 
-def forms(shape: Shape | LinearShape) -> list[str]:
+@dataclass(frozen=True)
+class HashedShape:
+    """A HashedAttention's shape: H [b, n, t, bits] (+-1 codes), V [b, n, t, e]."""
+
+    b: int
+    n: int
+    t: int
+    bits: int
+    e: int
+
+    def macs(self, form: str) -> int:
+        """Multiply-adds of `form` (a popcount of one 64-bit word counts as one)."""
+        if form == "popcount":  # S = H H^T; S V; rowsum S
+            per_head = self.t * self.t * (words(self.bits) + self.e + 1)
+        else:  # H^T V; H (H^T V); H sum_t H_t
+            per_head = self.t * self.bits * (2 * self.e + 1)
+        return self.b * self.n * per_head
+
+
+AnyShape = Shape | LinearShape | HashedShape
+# the forms each kind of block has, per back end (`--attention-form KIND=FORM`)
+KINDS = {"softmax": ATTENTION, "linear": LINEAR_ATTENTION, "hashed": HASHED_ATTENTION}
+ONNXRUNTIME_FORMS = {
+    "softmax": ("decomposed", "mha"),
+    "linear": ("kv_first", "qk_first", "einsum_kv_first", "einsum_qk_first"),
+    "hashed": ("matmul",),
+}
+TVM_FORMS = {
+    "softmax": ("decomposed",),
+    "linear": ("kv_first", "qk_first"),
+    "hashed": ("matmul", "popcount"),
+}
+
+
+def kind_of(shape: AnyShape) -> str:
+    if isinstance(shape, LinearShape):
+        return "linear"
+    return "hashed" if isinstance(shape, HashedShape) else "softmax"
+
+
+def forms(shape: AnyShape) -> list[str]:
     """The forms a block of `shape` can be lowered to on onnxruntime, the default first."""
+    if isinstance(shape, HashedShape):
+        return ["matmul"]
     if isinstance(shape, LinearShape):
         order = "kv_first" if shape.kv_first else "qk_first"
         return [order, f"einsum_{order}"]  # onnxruntime's Einsum against its MatMuls
     return ["decomposed", "mha"] if mha_possible(shape) else ["decomposed"]
+
+
+def onnxruntime_forms(shape: AnyShape) -> list[str]:
+    """Every form a block of `shape` can take on onnxruntime (`forms` are the ones timed)."""
+    if isinstance(shape, LinearShape):
+        return [*forms(shape), *(f for f in ONNXRUNTIME_FORMS["linear"] if f not in forms(shape))]
+    return forms(shape)
+
+
+def tvm_forms(shape: AnyShape) -> list[str]:
+    """The forms a block of `shape` can be lowered to on TVM, the cheapest first."""
+    if isinstance(shape, HashedShape):
+        return sorted(TVM_FORMS["hashed"], key=shape.macs)
+    if isinstance(shape, LinearShape):
+        return ["kv_first", "qk_first"] if shape.kv_first else ["qk_first", "kv_first"]
+    return ["decomposed"]
+
+
+def form_problem(requested: dict[str, str]) -> str | None:
+    """What is wrong with `--attention-form` choices (None: every one names a kind of block and
+    a form some back end has)."""
+    for kind, form in requested.items():
+        if kind not in KINDS:
+            kinds = ", ".join(KINDS)
+            return f"--attention-form {kind}={form}: unknown kind '{kind}' (one of {kinds})"
+        known = dict.fromkeys(ONNXRUNTIME_FORMS[kind] + TVM_FORMS[kind])
+        if form not in known:
+            return (
+                f"--attention-form {kind}={form}: unknown form '{form}' for {kind} attention "
+                f"(one of {', '.join(known)})"
+            )
+    return None
 
 
 def attention_nodes(model: ir.Model) -> list[ir.Node]:
@@ -74,13 +162,43 @@ def attention_nodes(model: ir.Model) -> list[ir.Node]:
     return [n for n in model.graph if n.domain == DOMAIN and n.op_type in kinds]
 
 
-Choice = Callable[["Shape | LinearShape"], tuple[str, dict[str, Any]]]
+Choice = Callable[[AnyShape], tuple[str, dict[str, Any]]]
 
 
-def decomposed(shape: Shape | LinearShape) -> tuple[str, dict[str, Any]]:
-    """The choice of targets without a fused kernel (TVM until it has attention templates):
-    MatMuls, linear attention in the cheaper product order."""
+def decomposed(shape: AnyShape) -> tuple[str, dict[str, Any]]:
+    """Every runtime's form: MatMuls, linear attention in the cheaper product order, hashed
+    attention in its linear form."""
     return forms(shape)[0], {}
+
+
+def cheapest(shape: AnyShape) -> tuple[str, dict[str, Any]]:
+    """TVM's choice: the decomposed forms, and for hashed attention the form with fewer
+    multiply-adds (popcount for short sequences), with both counts."""
+    if isinstance(shape, HashedShape):
+        return tvm_forms(shape)[0], {"macs": {f: shape.macs(f) for f in TVM_FORMS["hashed"]}}
+    return tvm_forms(shape)[0], {}
+
+
+def forced(
+    choose: Choice, requested: dict[str, str], available: Callable[[AnyShape], list[str]]
+) -> Choice:
+    """`choose`, except for the kinds of block in `requested` (kind -> form), which get that
+    form where `available` lists it for the block's shape (and a note saying why not where it
+    does not)."""
+
+    def pick(shape: AnyShape) -> tuple[str, dict[str, Any]]:
+        kind = kind_of(shape)
+        want = requested.get(kind)
+        if want is None:
+            return choose(shape)
+        possible = available(shape)
+        if want in possible:
+            return want, {**choose(shape)[1], "requested": True}
+        form, details = choose(shape)
+        note = f"{kind}={want} is not a form of this block here (forms: {', '.join(possible)})"
+        return form, {**details, "note": note}
+
+    return pick
 
 
 def lower(model: ir.Model, choose: Choice = decomposed) -> list[dict[str, Any]]:
@@ -89,8 +207,13 @@ def lower(model: ir.Model, choose: Choice = decomposed) -> list[dict[str, Any]]:
     chosen = []
     for node in attention_nodes(model):
         if node.op_type == HASHED_ATTENTION:
-            _hashed(model.graph, node)
-            chosen.append({"block": node.name or "", "form": "matmul"})
+            hashed = _hashed_shape(node)
+            form, details = choose(hashed) if hashed is not None else ("matmul", {})
+            if form == "popcount":
+                _hashed_popcount(model, node)
+            else:
+                _hashed(model.graph, node)
+            chosen.append({"block": node.name or "", "form": form, **details})
             continue
         if node.op_type == LINEAR_ATTENTION:
             linear = _linear_shape(node)
@@ -113,9 +236,9 @@ def lower(model: ir.Model, choose: Choice = decomposed) -> list[dict[str, Any]]:
 def timed(threads: int) -> Choice:
     """A `choose` that times every possible form of each new shape in onnxruntime, on
     `threads`, and picks the fastest (the p50 of each form goes with it)."""
-    timings: dict[Shape | LinearShape, dict[str, float]] = {}
+    timings: dict[AnyShape, dict[str, float]] = {}
 
-    def choose(shape: Shape | LinearShape) -> tuple[str, dict[str, Any]]:
+    def choose(shape: AnyShape) -> tuple[str, dict[str, Any]]:
         if shape not in timings:
             timings[shape] = _time_forms(shape, threads)
         best = min(timings[shape], key=lambda f: timings[shape][f])
@@ -284,6 +407,44 @@ def _scalar_init(graph: ir.Graph, value: float, name: str) -> ir.Value:
     return initializer(graph, np.array(value, np.float32), name)
 
 
+def _hashed_shape(node: ir.Node) -> HashedShape | None:
+    h, v = (static_shape(node.inputs[i]) for i in range(2))
+    if h is None or v is None or len(h) != 4 or len(v) != 4:
+        return None
+    return HashedShape(h[0], h[1], h[2], h[3], v[3])
+
+
+def _hashed_popcount(model: ir.Model, node: ir.Node) -> None:
+    """HashedAttention with the codes' Gram matrix S = H H^T as a `BinaryMatMul` (exact on the
+    codes: bit = H >= 0, so a Sign code of exactly 0 would count as +1), then
+    (S V + bias V) / (rowsum S + offset)."""
+    graph = model.graph
+    h, v = node.inputs[:2]
+    base = node.name or "hashed_attention"
+    bias = _scalar_init(graph, node.attributes.get_float("bias", 0.0), f"{base}/bias")
+    offset = _scalar_init(graph, node.attributes.get_float("offset", 0.0), f"{base}/offset")
+    ht = ir.node("Transpose", [h], attributes={"perm": [0, 1, 3, 2]}, name=f"{base}/h_t")
+    code = {"step": 1.0, "threshold": 0.0, "low": -1.0}
+    gram = ir.node(
+        "BinaryMatMul",
+        [h, ht.outputs[0]],
+        attributes={f"{side}_{k}": x for side in "ab" for k, x in code.items()},
+        domain=DOMAIN,
+        name=f"{base}/codes_gram",
+    )
+    ensure_function(model, "BinaryMatMul")
+    s = gram.outputs[0]
+    num = ir.node("MatMul", [s, v], name=f"{base}/sv")
+    vb = ir.node("Mul", [v, bias])
+    top = ir.node("Add", [num.outputs[0], vb.outputs[0]])
+    rows = ir.node("ReduceSum", [s, _ints(graph, [-1], base)], attributes={"keepdims": 1})
+    den = ir.node("Add", [rows.outputs[0], offset], name=f"{base}/normaliser")
+    z = ir.node("Reciprocal", [den.outputs[0]])
+    y = ir.node("Mul", [top.outputs[0], z.outputs[0]], name=base)
+    nodes = [ht, gram, num, vb, top, rows, den, z, y]
+    _replace(graph, node, nodes, node.outputs[0], y.outputs[0])
+
+
 def _hashed(graph: ir.Graph, node: ir.Node) -> None:
     """HashedAttention as MatMuls, H^T V first (the linear form; the codes' products with
     real values are exact in float)."""
@@ -376,7 +537,7 @@ def _replace(
         dead += [p for p in producers if p is not None and p.graph is graph]
 
 
-def _time_forms(shape: Shape | LinearShape, threads: int) -> dict[str, float]:
+def _time_forms(shape: AnyShape, threads: int) -> dict[str, float]:
     """p50 ms of each possible form on random inputs of `shape`, interleaved."""
     candidates = forms(shape)
     if len(candidates) == 1:
@@ -387,6 +548,7 @@ def _time_forms(shape: Shape | LinearShape, threads: int) -> dict[str, float]:
         if isinstance(shape, LinearShape):
             model, feed = _micro_linear(shape, form, rng)
         else:
+            assert isinstance(shape, Shape)  # hashed attention has one form on onnxruntime
             model, feed = _micro_model(shape, form, rng)
         sessions[form] = ort_session(model, optimize=True, threads=threads)
         feeds = feed

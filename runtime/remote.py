@@ -13,6 +13,7 @@ input and compared there against the stored output; timings come from the device
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import socket
 import threading
@@ -94,13 +95,19 @@ class RemoteDevice:
         return [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), device=dev) for n in names]
 
     @staticmethod
-    def _outputs(result: Any) -> list[np.ndarray]:
+    def _call(vm: Any, args: list[Any]) -> list[np.ndarray]:
+        """Run `main` and fetch its outputs: through the VM's stateful calls, which read a
+        tuple of outputs item by item (a tuple returned over RPC is a remote object that
+        cannot be iterated here)."""
+        vm.set_input("main", *args)
+        vm.invoke_stateful("main")
+        result = vm.get_outputs("main")
         items = [result] if hasattr(result, "numpy") else list(result)
         return [r.numpy() for r in items]
 
     def run(self, bundle: Bundle, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         vm, dev = self._load(bundle)
-        outs = self._outputs(vm["main"](*self._args(bundle, feeds, dev)))
+        outs = self._call(vm, self._args(bundle, feeds, dev))
         return {s.name: o for s, o in zip(bundle.manifest.outputs, outs, strict=True)}
 
     def verify(
@@ -126,7 +133,7 @@ class RemoteDevice:
         start = time.perf_counter()
         vm, dev = self._load(bundle, threads)
         args = self._args(bundle, feeds, dev)
-        self._outputs(vm["main"](*args))
+        self._call(vm, args)
         cold_ms = (time.perf_counter() - start) * 1e3  # upload + load + first run, over RPC
         for _ in range(warmup):
             vm["main"](*args)
@@ -181,3 +188,7 @@ def connect(device: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Iterator[Remot
         yield remote
     finally:
         remote.session = None
+        # the session closes when its last reference goes; TVM's VirtualMachine holds its
+        # module in a reference cycle once its stateful calls ran, and the device server
+        # answers no one else until the session is closed
+        gc.collect()

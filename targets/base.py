@@ -27,6 +27,8 @@ class CompileOptions:
     tune_time: float | None = None  # TVM: stop tuning after this many seconds
     device: str | None = None  # HOST:PORT to tune a cross target on
     on_progress: Callable[[str], None] | None = None  # a line per tuning step
+    # kind of attention block -> form (`--attention-form`; `passes.lower_attention`)
+    attention_forms: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

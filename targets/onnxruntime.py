@@ -57,7 +57,12 @@ class OnnxruntimeTarget:
         attention: list[dict] = []
         if lower_attention.attention_nodes(model):  # each block in its fastest form here
             model = copy_model(model)  # the IR is shared by the back ends
-            attention = lower_attention.lower(model, lower_attention.timed(options.threads))
+            choose = lower_attention.forced(
+                lower_attention.timed(options.threads),
+                options.attention_forms,
+                lower_attention.onnxruntime_forms,
+            )
+            attention = lower_attention.lower(model, choose)
         files = save_onnx(model, stage / "model.onnx")
         ort_session(stage / "model.onnx", optimize=True)  # fails here, naming an unsupported op
         artifacts = {"model": files[0]}

@@ -21,7 +21,7 @@ from edgec.core.errors import TargetError
 from edgec.runtime.tvm_backend import host_triple
 from edgec.targets import tuning
 from edgec.targets.base import Artifacts, CompileOptions
-from edgec.targets.tvm_import import import_onnx
+from edgec.targets.tvm_import import import_onnx, lower_for_tvm
 from edgec.targets.tvm_targets import arm64_target, host_target
 
 CROSS_CC = "aarch64-linux-gnu-gcc"
@@ -52,7 +52,8 @@ class TvmTarget:
         if options.tune or options.tune_time or has_binary_ops(model):
             return None
         try:
-            missing = tuning.untuned_tasks(import_onnx(model), self.target_dict(options))
+            lowered, _ = lower_for_tvm(model, options.attention_forms)
+            missing = tuning.untuned_tasks(import_onnx(lowered), self.target_dict(options))
         except Exception:  # TVM cannot take the model: the build says why, as a failure
             return None
         if missing is None:
@@ -73,6 +74,7 @@ class TvmTarget:
 
         target = self.target_dict(options)
         cc = self.export_cc()
+        model, attention = lower_for_tvm(model, options.attention_forms)
         mod = import_onnx(model)
         mod, tuned = tuning.schedule(mod, target, options, cross=self.triple != host_triple())
         mod = schedule_untuned(mod, target)  # binary kernels without a tuning record
@@ -91,6 +93,7 @@ class TvmTarget:
                 "triple": self.triple,
                 "tvm_version": tvm.__version__,
                 "tuning": tuned,
+                **({"attention": attention} if attention else {}),
             },
         )
 

@@ -78,20 +78,38 @@ def _check_domains(model: ir.Model) -> None:
             )
 
 
+def lower_for_tvm(
+    model: ir.Model, requested: dict[str, str] | None = None
+) -> tuple[ir.Model, list[dict[str, Any]]]:
+    """A copy of `model` with its attention blocks lowered for TVM (the IR is shared by the
+    back ends), and the form chosen per block; `model` itself when it has none.
+
+    Softmax attention is imported decomposed (MatMul, Softmax, MatMul): TVM's own attention
+    op legalizes to the same unfused form on CPU (shared ATTENTION.md). Linear attention
+    takes the cheaper product order; hashed attention the form with fewer multiply-adds,
+    the codes' products as popcount kernels for short sequences. `requested` (kind -> form,
+    `--attention-form`) overrides the choice where the form exists for the block.
+    """
+    if not lower_attention.attention_nodes(model):
+        return model, []
+    model = copy_model(model)
+    choose = lower_attention.forced(
+        lower_attention.cheapest, requested or {}, lower_attention.tvm_forms
+    )
+    return model, lower_attention.lower(model, choose)
+
+
 def import_onnx(model: ir.Model) -> Any:
     """The IR as a Relax module (weights bound as constants).
 
     TVM's importer reads only the `value` form of Constant (`value_ints` and the like fail with
     "no value in Constant"), so every Constant becomes an initializer first: the same values.
-    Attention blocks are imported decomposed (MatMul, Softmax, MatMul): TVM's own attention
-    op legalizes to the same unfused form on CPU (shared ATTENTION.md).
+    Attention blocks still in the IR are lowered first (`lower_for_tvm`).
     """
     from onnx_ir.passes import common
     from tvm.relax.frontend.onnx import from_onnx
 
-    if lower_attention.attention_nodes(model):
-        model = copy_model(model)  # the IR is shared by the back ends
-        lower_attention.lower(model)
+    model, _ = lower_for_tvm(model)
     _check_domains(model)
     common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     proto = ir.serde.serialize_model(model)

@@ -34,6 +34,7 @@ from edgec.runtime.bundle import Bundle, load_reference
 from edgec.runtime.compare import rel_error
 from edgec.runtime.remote import connect
 from tests.conftest import make_onnx_model
+from tests.targets.test_hashed_attention import gram_exposed
 from tests.targets.test_tvm import TinyTransformer
 
 pytestmark = pytest.mark.slow  # emulated arm64, tuning on it, the C++ host
@@ -295,3 +296,32 @@ def test_binary_models_on_emulated_arm64(
     assert "ai.edgec::BinaryLinear" in bundle.manifest.stats["after"]["ops"]
     error = bundle.manifest.reference["max_rel_error"]
     assert error is not None and error <= 1e-4
+
+
+def test_hashed_attention_as_popcount_on_emulated_arm64(device: str, tmp_path: Path) -> None:
+    """EcoFormer's hashed attention with the codes' products as popcount kernels on arm64:
+    the Gram matrix of the codes exact on the device, and pvt_v2_b0_ecoformer (its six hashed
+    blocks as popcount, at 64x64) against torch eager, checked there."""
+    t, bits, e = 24, 16, 8
+    path = gram_exposed(tmp_path / "h.onnx", t, bits, e)
+    bundle = edgec.compile(path, target="arm64", output=tmp_path / "h", device=device)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 2, t, bits)).astype(np.float32)
+    v = rng.standard_normal((1, 2, t, e)).astype(np.float32)
+    with connect(device) as remote:
+        got = remote.run(Bundle.open(bundle.path), {"x": x, "v": v})
+    h = np.sign(x).astype(np.int64)
+    np.testing.assert_array_equal(got["gram"], (h @ np.swapaxes(h, -1, -2)).astype(np.float32))
+
+    bundle = edgec.compile(
+        "pvt_v2_b0_ecoformer",
+        target="arm64",
+        output=tmp_path / "pvt",
+        input_shapes=["x=1x3x64x64"],
+        attention_forms={"hashed": "popcount"},
+        device=device,
+    )
+    forms = [b["form"] for b in bundle.manifest.backend_options["attention"]]
+    assert forms.count("popcount") == 6
+    error = bundle.manifest.reference["max_rel_error"]
+    assert error is not None and error <= 1e-4 and device in bundle.manifest.reference["note"]
