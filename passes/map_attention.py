@@ -15,9 +15,14 @@ go through chains of any length). Recognized:
   attention mask) is added to it;
 - after the Softmax, Hugging Face's guard `Where(IsNaN(p), 0, p)`, dropped when every bias
   and mask value is finite (no row can be all -inf, so no NaN to guard);
-- opset-23 `Attention` nodes are left as they are (their kernel is onnxruntime's own).
+- ONNX's own `Attention` (opset 23 on) in its 4-D multi-head form: Q, K, V [B, N, *, H] of
+  one head count, no past key/value, not causal, no softcap, and a mask that is absent, a
+  float mask known finite (a constant, or a Where between finite constants), or a constant
+  boolean mask that leaves every row some key (then read as a 0 / -inf bias).
 
-Left alone, with the reason (`--explain map_attention`): a softmax over another axis, scores
+Left alone, with the reason (`--explain map_attention`): an `Attention` node in its 3-D form,
+with grouped-query heads, a KV cache, causal masking, a softcap, a run-time mask that may be
+-inf, or its other outputs read; a softmax over another axis, scores
 not made by a 4-D MatMul, a mask of another rank or one that cannot be read as a bias,
 probabilities read elsewhere (an `output_attentions` output), a guard the mask does not make
 redundant, binary products (`BinaryMatMul` scores stay popcount kernels).
@@ -38,6 +43,7 @@ from edgec.passes._ir import only_consumer, remove_unread, scalar, static_shape,
 from edgec.passes.base import EdgecPass
 
 RULE = "softmax_attention"
+ONNX_RULE = "onnx_attention"
 _SCORE_STEPS = {"Mul", "Div", "Add", "Reshape"}
 _MAX_CHAIN = 12  # score edits between the MatMul and the Softmax
 
@@ -68,6 +74,13 @@ class MapAttention(EdgecPass):
             return 0
         fired = 0
         for node in list(model.graph):
+            if node.op_type == "Attention" and node.domain in ("", "ai.onnx"):
+                why = _map_onnx_attention(model, node)
+                if why:
+                    self.left_alone(ONNX_RULE, [node], why)
+                else:
+                    fired += self.fired(ONNX_RULE, [node])
+                continue
             if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
                 continue
             if node.graph is None:  # removed with an earlier block
@@ -539,4 +552,83 @@ def _emit(model: ir.Model, b: _Block) -> str:
     ensure_function(model, ATTENTION)
     take_over(b.out, out)
     remove_unread(graph, [*b.nodes, b.softmax])
+    return ""
+
+
+# the attributes of Attention as opsets 23 and 24 define it (25 adds sliding windows)
+_ONNX_ATTENTION_ATTRIBUTES = {
+    "is_causal",
+    "kv_num_heads",
+    "q_num_heads",
+    "qk_matmul_output_mode",
+    "scale",
+    "softcap",
+    "softmax_precision",
+}
+
+
+def _map_onnx_attention(model: ir.Model, node: ir.Node) -> str:
+    """ONNX's `Attention` as the canonical op; the reason it cannot be, or ""."""
+    q, k, v = (node.inputs[i] if len(node.inputs) > i else None for i in range(3))
+    mask = node.inputs[3] if len(node.inputs) > 3 else None
+    if any(i is not None for i in node.inputs[4:]):
+        return "a KV cache or padded key lengths (past_key, past_value, nonpad_kv_seqlen)"
+    if any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
+        return "its present_key, present_value or qk_matmul_output output is read"
+    attrs = node.attributes
+    unread = sorted(set(attrs) - _ONNX_ATTENTION_ATTRIBUTES)
+    if unread:
+        return f"attribute '{unread[0]}' (a later Attention than this pass reads)"
+    if attrs.get_int("is_causal", 0):
+        return "causal masking (is_causal=1)"
+    if attrs.get_float("softcap", 0.0):
+        return "a softcap on the scores"
+    if attrs.get_int("softmax_precision", 1) != 1:
+        return "softmax in another precision than float32"
+    shapes = [static_shape(x) for x in (q, k, v)]
+    if any(s is None or len(s) != 4 for s in shapes):
+        return "not the 4-D form [B, N, S, H] with static shapes (3-D: heads in attributes)"
+    if any(x is None or x.dtype != ir.DataType.FLOAT for x in (q, k, v)):
+        return "not float32"
+    qs, ks, vs = shapes
+    assert qs is not None and ks is not None and vs is not None
+    if qs[1] != ks[1] or ks[1] != vs[1]:
+        return f"grouped-query heads ({qs[1]} query heads, {ks[1]} key/value heads)"
+    mask_shape = static_shape(mask) if mask is not None else ()
+    if mask_shape is None or len(mask_shape) > 4:
+        return "a mask of unknown shape or rank above 4"
+    if mask_shape and mask_shape[-1] not in (1, ks[2]):
+        return f"a mask over {mask_shape[-1]} keys for {ks[2]} (padded with -inf by the op)"
+    graph = model.graph
+    name = node.name or "attention"
+    bias: ir.Value
+    if mask is None:
+        bias = initializer(graph, np.zeros((), np.float32), f"{name}/no_bias")
+    elif mask.dtype == ir.DataType.BOOL:
+        allowed = _constant(model, mask)
+        if allowed is None:
+            return "a run-time boolean mask (a row may allow no key)"
+        full = np.broadcast_to(allowed, np.broadcast_shapes(allowed.shape, (1, 1, qs[2], ks[2])))
+        if not full.any(axis=-1).all():
+            return "a boolean mask that allows no key in some row"
+        array = np.where(allowed, np.float32(0), np.float32(-np.inf)).astype(np.float32)
+        bias = initializer(graph, array, f"{name}/bias")
+    elif mask.dtype == ir.DataType.FLOAT:
+        array = _constant(model, mask)
+        finite = bool(np.isfinite(array).all()) if array is not None else _finite_mask(mask)
+        if not finite:
+            return "a float mask that may be -inf (a whole row masked is not the canonical op)"
+        bias = mask
+    else:
+        return f"a mask of type {mask.dtype}"
+    scale = attrs.get_float("scale", float(1.0 / np.sqrt(qs[3])))
+    attention = ir.node(
+        ATTENTION, [q, k, v, bias], attributes={"scale": scale}, domain=DOMAIN, name=name
+    )
+    out = attention.outputs[0]
+    out.shape, out.type = node.outputs[0].shape, node.outputs[0].type
+    graph.insert_before(node, attention)
+    ensure_function(model, ATTENTION)
+    take_over(node.outputs[0], out)
+    remove_unread(graph, [node])
     return ""

@@ -233,3 +233,147 @@ def test_tvm_imports_mapped_attention(tmp_path: Path) -> None:
     report = next(p for p in bundle.manifest.passes if p["name"] == "map_attention")
     assert report["rewrites"] == 2
     assert bundle.manifest.reference["max_rel_error"] <= 1e-4
+
+
+class _Sdpa(nn.Module):
+    def forward(self, q, k, v, mask):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _onnx_attention(
+    path: Path,
+    mask: np.ndarray | str | None,
+    q_heads: int = 2,
+    kv_heads: int = 2,
+    **attrs,
+) -> Path:
+    """Q [1, q_heads, 8, 16], K and V [1, kv_heads, 10, 16] -> ONNX `Attention` (opset 23);
+    `mask`: a constant, "input" (a float mask input), "finite" (Where between finite
+    constants on a boolean input), or None."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    f = TensorProto.FLOAT
+    inputs = [
+        helper.make_tensor_value_info("q", f, [1, q_heads, 8, 16]),
+        helper.make_tensor_value_info("k", f, [1, kv_heads, 10, 16]),
+        helper.make_tensor_value_info("v", f, [1, kv_heads, 10, 16]),
+    ]
+    nodes, inits, names = [], [], ["q", "k", "v"]
+    if isinstance(mask, np.ndarray):
+        inits.append(numpy_helper.from_array(mask, "mask"))
+        names.append("mask")
+    elif mask == "input":
+        inputs.append(helper.make_tensor_value_info("mask", f, [8, 10]))
+        names.append("mask")
+    elif mask == "finite":
+        inputs.append(helper.make_tensor_value_info("keep", TensorProto.BOOL, [1, 1, 8, 10]))
+        inits += [
+            numpy_helper.from_array(np.float32(0.0), "zero"),
+            numpy_helper.from_array(np.float32(np.finfo(np.float32).min), "low"),
+        ]
+        nodes.append(helper.make_node("Where", ["keep", "zero", "low"], ["mask"]))
+        names.append("mask")
+    nodes.append(helper.make_node("Attention", names, ["y"], name="blk", **attrs))
+    out = helper.make_tensor_value_info("y", f, None)
+    graph = helper.make_graph(nodes, "g", inputs, [out], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]), path)
+    return path
+
+
+def _feeds(path: Path) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for i in onnx.load(path).graph.input:
+        dims = tuple(d.dim_value for d in i.type.tensor_type.shape.dim)
+        if i.type.tensor_type.elem_type == onnx.TensorProto.BOOL:
+            feeds[i.name] = np.arange(np.prod(dims)).reshape(dims) % 3 != 0
+        else:
+            feeds[i.name] = rng.standard_normal(dims).astype(np.float32)
+    return feeds
+
+
+BOOL_MASK = np.tril(np.ones((8, 10), bool), 2)  # every row keeps some key
+
+
+@pytest.mark.parametrize(
+    ("mask", "attrs"),
+    [
+        (None, {}),
+        (None, {"scale": 0.5}),
+        (np.random.default_rng(1).standard_normal((1, 2, 8, 10)).astype(np.float32), {}),
+        (BOOL_MASK, {}),
+        ("finite", {}),
+    ],
+    ids=["no-mask", "scale", "float-bias", "bool-mask", "finite-runtime-mask"],
+)
+def test_onnx_attention_is_mapped_and_exact(mask, attrs: dict, tmp_path: Path) -> None:
+    path = _onnx_attention(tmp_path / "a.onnx", mask, **attrs)
+    feeds = _feeds(path)
+    reference = run_onnx(str(path), feeds)["y"]  # onnxruntime's own Attention kernel
+    model, mapping = _mapped(path)
+    assert _attention_count(model) == 1, mapping.explained
+    assert "Attention" not in {n.op_type for n in model.graph if n.domain == ""}
+    np.testing.assert_allclose(run_onnx(model, feeds)["y"], reference, rtol=1e-5, atol=1e-6)
+    for form in ("decomposed", "mha"):
+        lowered = copy_model(model)
+        lower_attention.lower(lowered, lambda shape, f=form: (f, {}))
+        got = run_onnx(lowered, feeds)["y"]
+        np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_opset_23_export_is_mapped(tmp_path: Path) -> None:
+    """torch's exporter at opset 23 writes sdpa as ONNX's Attention; here with a float mask
+    input, left alone (it may be -inf), and with a constant one, mapped."""
+    args = (torch.randn(1, 2, 8, 16), torch.randn(1, 2, 10, 16), torch.randn(1, 2, 10, 16))
+    mask = torch.randn(8, 10)
+    path = _export(_Sdpa(), (*args, mask), tmp_path / "in.onnx", dynamo=True, opset_version=23)
+    assert "Attention" in {n.op_type for n in onnx.load(path).graph.node}
+    model, mapping = _mapped(path)
+    assert _attention_count(model) == 0
+    assert any("may be -inf" in c.reason for c in mapping.explained), mapping.explained
+
+    class Constant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mask", mask)
+
+        def forward(self, q, k, v):
+            return _Sdpa()(q, k, v, self.mask)
+
+    path = _export(Constant(), args, tmp_path / "c.onnx", dynamo=True, opset_version=23)
+    feeds = {i.name: a.numpy() for i, a in zip(onnx.load(path).graph.input, args, strict=True)}
+    model, mapping = _mapped(path)
+    assert _attention_count(model) == 1, mapping.explained
+    want = _Sdpa()(*args, mask).numpy()
+    got = next(iter(run_onnx(model, feeds).values()))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"mask": None, "is_causal": 1}, "causal masking"),
+        ({"mask": None, "q_heads": 4, "kv_heads": 2}, "grouped-query heads"),
+        ({"mask": None, "softcap": 30.0}, "softcap"),
+        ({"mask": "input"}, "may be -inf"),
+        ({"mask": np.zeros((8, 10), bool)}, "allows no key in some row"),
+    ],
+)
+def test_onnx_attention_near_misses_stay(kw: dict, reason: str, tmp_path: Path) -> None:
+    mask = kw.pop("mask")
+    path = _onnx_attention(tmp_path / "a.onnx", mask, **kw)
+    model, mapping = _mapped(path)
+    assert _attention_count(model) == 0
+    assert "Attention" in {n.op_type for n in model.graph}
+    assert any(reason in c.reason for c in mapping.explained), mapping.explained
+
+
+def test_a_later_attention_attribute_is_not_guessed(tmp_path: Path) -> None:
+    """Opset 25's sliding window (ONNX's own conformance case): left alone, not misread."""
+    path = _onnx_attention(tmp_path / "a.onnx", None, left_window_size=1, right_window_size=2)
+    model = onnx.load(path)
+    model.opset_import[0].version = 25
+    onnx.save(model, path)
+    model, mapping = _mapped(path)
+    assert _attention_count(model) == 0
+    assert any("left_window_size" in c.reason for c in mapping.explained), mapping.explained
