@@ -1,9 +1,10 @@
-"""Baseline: each built-in model's training-form export, as onnxruntime runs it.
+"""Baseline: each built-in model as users export it, as onnxruntime runs it.
 
 For every model: the time to build it (seeded weights, calibration), the time to export it
-(torch.export + torch.onnx into the IR), and onnxruntime's latency on that plain export with
-all graph optimizations on, one thread, median of repeated runs; plus the export's error
-against torch eager. This is what edgec's passes have to beat.
+(`torch.onnx.export(model, args, dynamo=True)` with torch's defaults, `optimize=True`
+included), and onnxruntime's latency on that export with all graph optimizations on, one
+thread, median of repeated runs; plus the export's error against torch eager. This is what
+edgec's bundles have to beat.
 
     python benchmarks/baseline.py [--models a,b] [--runs 20] [--out benchmarks/results]
 """
@@ -18,18 +19,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx_ir as ir
 import onnxruntime as ort
-from common import plain_session, write_results  # the script's own folder
+from common import default_export_session, write_results  # the script's own folder
 
 from edgec import frontend, models
 from edgec.runtime.compare import max_rel_error
 
 
 def ort_latency_ms(
-    model: ir.Model, feeds: dict[str, np.ndarray], runs: int, warmup: int
+    session: ort.InferenceSession, feeds: dict[str, np.ndarray], runs: int, warmup: int
 ) -> list[float]:
-    session = plain_session(model)
     for _ in range(warmup):
         session.run(None, feeds)
     times = []
@@ -45,13 +44,13 @@ def measure(name: str, runs: int, warmup: int) -> dict[str, object]:
     module = models.create(name)
     build_s = time.perf_counter() - start
     info = models.get_info(name)
+    prepared = frontend.prepare(module, input_shapes=dict(info.inputs))  # inputs, torch eager
     start = time.perf_counter()
-    prepared = frontend.prepare(module, input_shapes=dict(info.inputs))
+    session, feeds = default_export_session(module, prepared.inputs)
     export_s = time.perf_counter() - start
-    from edgec.core.irutil import run_onnx
-
-    error = max_rel_error(run_onnx(prepared.model, prepared.inputs), prepared.outputs)
-    times = ort_latency_ms(prepared.model, prepared.inputs, runs, warmup)
+    got = dict(zip(prepared.outputs, session.run(None, feeds), strict=True))
+    error = max_rel_error(got, prepared.outputs)
+    times = ort_latency_ms(session, feeds, runs, warmup)
     return {
         "model": name,
         "parameters": models.count_parameters(name),

@@ -11,7 +11,9 @@ optimizations). Two timings each, interleaved in one process, medians:
 
 Models: the binary model's edgec bundles (cpu: onnxruntime on the ops' function bodies;
 x86_64: TVM kernels) against its float twin (the same geometry in float32, `float_twin`) and
-the binary model as exported (float math with sign() in it), both in onnxruntime.
+the binary model as exported (float math with sign() in it), both in onnxruntime on the
+export users get (`torch.onnx.export(dynamo=True)` with torch's defaults), as is the float
+layer.
 
     python benchmarks/binary.py [--models bit_bert_base,bivit_deit_tiny] [--tune 0]
         [--model-tune 300 --model-tune-time 420]
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from common import interleaved, plain_session, write_results  # the script's own folder
+from common import default_export_session, interleaved, write_results  # the script's own folder
 
 import edgec
 from edgec import frontend, models
@@ -84,10 +86,8 @@ def measure_layer(
             tune=tune,
         )
         runner = make_runner(bundle, threads=1)
-        peer_ir = frontend.prepare(torch.nn.Linear(k, n).eval(), example_inputs=(x,))
-        peer = plain_session(peer_ir.model)
+        peer, peer_feeds = default_export_session(torch.nn.Linear(k, n).eval(), {"x": x.numpy()})
         feeds = {bundle.manifest.inputs[0].name: x.numpy()}
-        peer_feeds = dict(peer_ir.inputs)
         xt = tvm.runtime.tensor(x.numpy())
         main = runner.vm["main"]  # type: ignore[attr-defined]
         p50 = interleaved(
@@ -120,7 +120,8 @@ def measure_model(name: str, rounds: int, runs: int, tune: int, tune_time: float
     info = models.get_info(name)
     shapes = dict(info.inputs)
     binary = frontend.prepare(models.create(name), input_shapes=shapes)
-    twin = frontend.prepare(float_twin(models.create(name)), input_shapes=shapes)
+    twin_module = float_twin(models.create(name))
+    twin = frontend.prepare(twin_module, input_shapes=shapes)
     feeds = binary.inputs
     with tempfile.TemporaryDirectory() as tmp:
         out: dict[str, object] = {"model": name}
@@ -146,10 +147,13 @@ def measure_model(name: str, rounds: int, runs: int, tune: int, tune_time: float
         ir.save(twin.model, twin_path)
         out["float_twin_mb"] = round(twin_path.stat().st_size / 1e6, 2)
         runners = {k: make_runner(b, threads=1) for k, b in bundles.items()}
-        peers = {"float_twin": plain_session(twin.model), "exported": plain_session(binary.model)}
+        peers = {
+            "float_twin": default_export_session(twin_module, feeds),
+            "exported": default_export_session(models.create(name), feeds),
+        }
         out["p50_ms"] = interleaved(
             {
-                **{k: (lambda s=s: s.run(None, feeds)) for k, s in peers.items()},
+                **{k: (lambda s=s, f=f: s.run(None, f)) for k, (s, f) in peers.items()},
                 **{k: (lambda r=r: r.run(feeds)) for k, r in runners.items()},
             },
             rounds,

@@ -1,7 +1,8 @@
 """onnxruntime against tuned TVM, and what measure-and-pick keeps, on one thread.
 
-For each model, in one process: onnxruntime with all graph optimizations on the plain
-training-form export (the peer), the edgec onnxruntime bundle, the edgec TVM bundle tuned
+For each model, in one process: onnxruntime with all graph optimizations on the export users
+get (`torch.onnx.export(model, args, dynamo=True)` with torch's defaults: the peer), the
+edgec onnxruntime bundle, the edgec TVM bundle tuned
 with MetaSchedule (`--tune TRIALS --tune-time SECONDS`, its database under the edgec cache),
 and the bundle `--backend auto` chose. Timed in interleaved rounds, medians reported.
 
@@ -20,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import interleaved, plain_session, write_results  # the script's own folder
+from common import default_export_session, interleaved, write_results  # the script's own folder
 
 import edgec
 from edgec import frontend, models
@@ -31,9 +32,9 @@ SEED_MODELS = ["vanillanet_5", "tiny_vit_5m", "slab_deit_tiny"]
 
 def measure(name: str, trials: int, tune_time: float, rounds: int, runs: int) -> dict:
     info = models.get_info(name)
-    prepared = frontend.prepare(models.create(name), input_shapes=dict(info.inputs))
-    feeds = prepared.inputs
-    peer = plain_session(prepared.model)
+    module = models.create(name)
+    feeds = frontend.prepare(module, input_shapes=dict(info.inputs)).inputs
+    peer, peer_feeds = default_export_session(module, feeds)
     with tempfile.TemporaryDirectory() as tmp:
         ort_bundle = edgec.compile(name, output=Path(tmp) / "ort", backend="onnxruntime")
         start = time.perf_counter()
@@ -51,7 +52,7 @@ def measure(name: str, trials: int, tune_time: float, rounds: int, runs: int) ->
         auto_bundle = edgec.compile(name, output=Path(tmp) / "auto", threads=1)
         auto_compile_s = time.perf_counter() - start
         runners = {
-            "ort_plain": lambda: peer.run(None, feeds),
+            "ort_default_export": lambda: peer.run(None, peer_feeds),
             "edgec_ort": _runner(ort_bundle, feeds),
             "edgec_tvm": _runner(tvm_bundle, feeds),
         }
@@ -77,7 +78,7 @@ def _runner(bundle, feeds):
 
 HEADER = [
     "model",
-    "ORT plain p50 (ms)",
+    "ORT on the default export p50 (ms)",
     "edgec ORT p50 (ms)",
     "edgec TVM tuned p50 (ms)",
     "TVM / edgec ORT",
@@ -94,7 +95,7 @@ def row(r: dict) -> list[str]:
     tuned = t["tasks"] - len(t["tasks_untuned"])
     return [
         r["model"],
-        f"{p['ort_plain']:.2f}",
+        f"{p['ort_default_export']:.2f}",
         f"{p['edgec_ort']:.2f}",
         f"{p['edgec_tvm']:.2f}",
         f"{p['edgec_tvm'] / p['edgec_ort']:.2f}x",
