@@ -9,11 +9,16 @@ one thread, in one process, interleaved rounds, medians:
   dynamo=True)` with torch's defaults;
 - `ort fusions`: the same export after `onnxscript.rewriter.ort_fusions.optimize_for_ort`
   (the fusions onnxruntime's own tools apply: attention, SkipLayerNorm, BiasGelu);
-- `edgec cpu`: `edgec compile --target cpu --backend onnxruntime --threads 1`.
+- `edgec cpu`: `edgec compile --target cpu --backend onnxruntime --threads 1`;
+- `edgec TVM`: `edgec compile --target x86_64 --backend tvm --threads 1 --tune TRIALS
+  --tune-time SECONDS` (MetaSchedule from an empty database: a fresh EDGEC_CACHE for the run;
+  the kernels tuned within the budget are in the table),
 
-with the attention blocks edgec found and the form the cpu target chose for each.
+with the attention blocks edgec found and the form the cpu target chose for each. All five
+compile the default export's ONNX file.
 
     python benchmarks/attention.py [--models a,b] [--rounds 5] [--runs 5]
+        [--tvm-trials 2000 --tvm-tune-time 240 | --no-tvm]
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -63,7 +69,9 @@ def bert_minilm() -> tuple[torch.nn.Module, dict[str, np.ndarray]]:
     return transformers.BertModel(config).eval(), {"input_ids": ids, "attention_mask": mask}
 
 
-def measure(name: str, rounds: int, runs: int) -> dict[str, Any]:
+def measure(
+    name: str, rounds: int, runs: int, tvm_trials: int, tvm_tune_time: float | None
+) -> dict[str, Any]:
     if name == "bert_minilm_seq128":
         module, feeds = bert_minilm()
     else:
@@ -95,15 +103,43 @@ def measure(name: str, rounds: int, runs: int) -> dict[str, Any]:
             "ort_fusions": max_rel_error({"y": fused.run(None, peer_feeds)[0]}, {"y": reference}),
             "edgec": max_rel_error({"y": runner.run(peer_feeds)[0]}, {"y": reference}),
         }
-        ms = interleaved(
-            {
-                "default": lambda: peer.run(None, peer_feeds),
-                "fusions": lambda: fused.run(None, peer_feeds),
-                "edgec": lambda: runner.run(peer_feeds),
-            },
-            rounds,
-            runs,
-        )
+        fns = {
+            "default": lambda: peer.run(None, peer_feeds),
+            "fusions": lambda: fused.run(None, peer_feeds),
+            "edgec": lambda: runner.run(peer_feeds),
+        }
+        tvm: dict[str, Any] = {}
+        if tvm_trials or tvm_tune_time:
+            tvm_bundle = edgec.compile(
+                path,
+                target="x86_64",
+                output=Path(tmp) / "tvm",
+                backend="tvm",
+                threads=1,
+                inputs=peer_feeds,
+                tune=tvm_trials,
+                tune_time=tvm_tune_time,
+            )
+            tvm_runner = make_runner(tvm_bundle, threads=1)
+            errors["edgec_tvm"] = max_rel_error(
+                {"y": tvm_runner.run(peer_feeds)[0]}, {"y": reference}
+            )
+            fns["tvm"] = lambda: tvm_runner.run(peer_feeds)
+            tuning = tvm_bundle.manifest.backend_options["tuning"]
+            tvm = {
+                "kernels_tuned": f"{tuning['tasks'] - len(tuning['tasks_untuned'])}"
+                f"/{tuning['tasks']}",
+                "tuning": tuning,
+                "forms": dict(
+                    collections.Counter(
+                        c["form"] for c in tvm_bundle.manifest.backend_options.get("attention", [])
+                    )
+                ),
+            }
+        ms = interleaved(fns, rounds, runs)
+        if "tvm" in ms:
+            tvm["p50_ms"] = round(ms["tvm"], 2)
+            tvm["vs_default"] = round(ms["default"] / ms["tvm"], 2)
     report = next(p for p in bundle.manifest.passes if p["name"] == "map_attention")
     softmax = sum(n.op_type == "Softmax" for n in exported.graph)
     forms = collections.Counter(
@@ -122,6 +158,7 @@ def measure(name: str, rounds: int, runs: int) -> dict[str, Any]:
         "forms": dict(forms),
         "ort_fusions_fired": fused_counts,
         "max_rel_error_vs_default": errors,
+        "edgec_tvm": tvm,
     }
 
 
@@ -158,6 +195,7 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> str:
         "edgec cpu p50 (ms)",
         "vs default",
         "vs ORT fusions",
+        "edgec TVM p50 (ms) (kernels tuned)",
         "attention blocks: found / mapped (form chosen)",
         "ORT fusions fired",
     ]
@@ -174,12 +212,19 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> str:
                 str(r["edgec_p50_ms"]),
                 f"{r['edgec_vs_default']}x",
                 f"{r['edgec_vs_ort_fusions']}x",
+                _tvm_cell(r.get("edgec_tvm") or {}),
                 blocks(r),
                 _counts(r["ort_fusions_fired"]) or "none",
             ]
             for r in rows
         ],
     )
+
+
+def _tvm_cell(tvm: dict[str, Any]) -> str:
+    if "p50_ms" not in tvm:
+        return "not run"
+    return f"{tvm['p50_ms']} ({tvm['kernels_tuned']})"
 
 
 def main() -> None:
@@ -189,13 +234,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--table-from", type=Path, help="only rewrite the table from this JSON")
+    parser.add_argument("--tvm-trials", type=int, default=2000)
+    parser.add_argument("--tvm-tune-time", type=float, default=240.0)
+    parser.add_argument("--no-tvm", action="store_true", help="leave the TVM column out")
     args = parser.parse_args()
     if args.table_from is not None:
         print(write_table(json.loads(args.table_from.read_text()), args.out))
         return
+    os.environ["EDGEC_CACHE"] = tempfile.mkdtemp(prefix="edgec-bench-cache-")
+    trials, seconds = (0, None) if args.no_tvm else (args.tvm_trials, args.tvm_tune_time)
     rows = []
     for name in args.models.split(","):
-        row = measure(name, args.rounds, args.runs)
+        row = measure(name, args.rounds, args.runs, trials, seconds)
         print(json.dumps(row), flush=True)
         rows.append(row)
     print(write_table(rows, args.out))
