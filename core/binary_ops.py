@@ -179,8 +179,13 @@ HashedAttention <bias, offset> (H, V) => (Y) {{
     z = Reciprocal (den)
     Y = Mul (top, z)
 }}"""
+# FusedAttention: Attention under a name of its own, the form the TVM targets lower it to
+# (`edgec.targets.attention_kernel`): TVM's importer dispatches on op names alone and already
+# takes "Attention" for onnxruntime's contrib op.
+FUSED_ATTENTION = "FusedAttention"
 _OTHER_TEXT = {
     ATTENTION: _ATTENTION_TEXT,
+    FUSED_ATTENTION: _ATTENTION_TEXT.replace("\nAttention <scale>", "\nFusedAttention <scale>", 1),
     LINEAR_ATTENTION: _LINEAR_ATTENTION_TEXT,
     HASHED_ATTENTION: _HASHED_ATTENTION_TEXT,
 }

@@ -2,7 +2,10 @@
 
 Forms:
 - `decomposed`: Transpose(K), MatMul, Mul (scale), Add (bias), Softmax, MatMul: what every
-  runtime runs (onnxruntime fuses the scale into its FusedMatMul), and what TVM imports.
+  runtime runs (onnxruntime fuses the scale into its FusedMatMul).
+- `fused` (TVM): `ai.edgec::FusedAttention`, which the TVM targets build as one TensorIR
+  function per block shape (`edgec.targets.attention_kernel`): the scores stay in a row
+  buffer instead of five kernels over S x T per head.
 - `mha`: onnxruntime's `com.microsoft.MultiHeadAttention` (query [B, S, N*H], key and value
   [B, N, T, H], `attention_bias` [B|1, N|1, S, T], output [B, S, N*Hv]); the Transpose and
   Reshape that made Q from [B, S, N*H] and that undo them after the block are read through.
@@ -32,6 +35,7 @@ import onnx_ir as ir
 from edgec.core.binary_ops import (
     ATTENTION,
     DOMAIN,
+    FUSED_ATTENTION,
     HASHED_ATTENTION,
     LINEAR_ATTENTION,
     ensure_function,
@@ -102,7 +106,7 @@ ONNXRUNTIME_FORMS = {
     "hashed": ("matmul",),
 }
 TVM_FORMS = {
-    "softmax": ("decomposed",),
+    "softmax": ("fused", "decomposed"),
     "linear": ("kv_first", "qk_first"),
     "hashed": ("matmul", "popcount"),
 }
@@ -137,7 +141,7 @@ def tvm_forms(shape: AnyShape) -> list[str]:
         return sorted(TVM_FORMS["hashed"], key=shape.macs)
     if isinstance(shape, LinearShape):
         return ["kv_first", "qk_first"] if shape.kv_first else ["qk_first", "kv_first"]
-    return ["decomposed"]
+    return ["fused", "decomposed"]
 
 
 def form_problem(requested: dict[str, str]) -> str | None:
@@ -172,8 +176,9 @@ def decomposed(shape: AnyShape) -> tuple[str, dict[str, Any]]:
 
 
 def cheapest(shape: AnyShape) -> tuple[str, dict[str, Any]]:
-    """TVM's choice: the decomposed forms, and for hashed attention the form with fewer
-    multiply-adds (popcount for short sequences), with both counts."""
+    """TVM's choice: softmax attention fused, linear attention in the cheaper product order,
+    hashed attention in the form with fewer multiply-adds (popcount for short sequences),
+    with both counts."""
     if isinstance(shape, HashedShape):
         return tvm_forms(shape)[0], {"macs": {f: shape.macs(f) for f in TVM_FORMS["hashed"]}}
     return tvm_forms(shape)[0], {}
@@ -225,6 +230,8 @@ def lower(model: ir.Model, choose: Choice = decomposed) -> list[dict[str, Any]]:
         form, details = choose(shape) if shape is not None else ("decomposed", {})
         if form == "mha" and shape is not None:
             _mha(model.graph, node, shape)
+        elif form == "fused" and shape is not None:
+            _fused(model, node)
         else:
             _decomposed(model.graph, node)
         chosen.append({"block": node.name or "", "form": form, **details})
@@ -345,6 +352,19 @@ def _decomposed(graph: ir.Graph, node: ir.Node) -> None:
     nodes.append(ir.node("Softmax", [nodes[-1].outputs[0]], attributes={"axis": -1}, name=base))
     nodes.append(ir.node("MatMul", [nodes[-1].outputs[0], v], name=f"{base}/pv"))
     _replace(graph, node, nodes, node.outputs[0], nodes[-1].outputs[0])
+
+
+def _fused(model: ir.Model, node: ir.Node) -> None:
+    """The block as one `FusedAttention` (TVM's fused template, `targets.attention_kernel`)."""
+    fused = ir.node(
+        FUSED_ATTENTION,
+        list(node.inputs),
+        attributes={"scale": node.attributes.get_float("scale", 1.0)},
+        domain=DOMAIN,
+        name=node.name,
+    )
+    ensure_function(model, FUSED_ATTENTION)
+    _replace(model.graph, node, [fused], node.outputs[0], fused.outputs[0])
 
 
 def _linear_shape(node: ir.Node) -> LinearShape | None:

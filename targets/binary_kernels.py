@@ -370,7 +370,10 @@ def _const(expr: Any) -> np.ndarray:
 _KERNELS: dict[tuple[int, int], tuple[Any, Any]] = {}
 
 
-def _call(bb: Any, func: Any, name: str, args: list[Any], shape: list[int], dtype: str) -> Any:
+def call_kernel(
+    bb: Any, func: Any, name: str, args: list[Any], shape: list[int], dtype: str
+) -> Any:
+    """Emit a call of the PrimFunc `func` (one function per distinct kernel in the module)."""
     import tvm_ffi
     from tvm import relax
 
@@ -391,7 +394,7 @@ def _pack(bb: Any, x: Any, step: float, thr: float, offset: Any, axis_last: bool
     out = [*shape[:-1], words(k)] if axis_last else [*shape[:-2], shape[-1], words(k)]
     func = pack_func(shape, step, thr, offset is not None, axis_last)
     args = [x] + ([offset] if offset is not None else [])
-    return _call(bb, func, "edgec_pack", args, out, "uint64")
+    return call_kernel(bb, func, "edgec_pack", args, out, "uint64")
 
 
 def convert_binary_linear(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> Any:
@@ -407,7 +410,7 @@ def convert_binary_linear(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> A
     n = int(weight.ty.shape[1])
     func = dense_func(lead, n, k, float(attr["low"]), int(_shape(scale)[0]))
     args = [packed, weight, scale, bias]
-    return _call(bb, func, "edgec_binary_dense", args, [*lead, n], "float32")
+    return call_kernel(bb, func, "edgec_binary_dense", args, [*lead, n], "float32")
 
 
 def convert_binary_matmul(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> Any:
@@ -417,7 +420,7 @@ def convert_binary_matmul(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> A
     pa = _pack(bb, a, float(attr["a_step"]), float(attr["a_threshold"]), None, True)
     pb = _pack(bb, b, float(attr["b_step"]), float(attr["b_threshold"]), None, False)
     func = batch_matmul_func(sa[:-2], m, n, k, float(attr["a_low"]), float(attr["b_low"]))
-    return _call(bb, func, "edgec_binary_batch_matmul", [pa, pb], [*sa[:-2], m, n], "float32")
+    return call_kernel(bb, func, "edgec_binary_batch_matmul", [pa, pb], [*sa[:-2], m, n], "float32")
 
 
 def convert_binary_gather(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> Any:
@@ -426,7 +429,9 @@ def convert_binary_gather(bb: Any, inputs: list[Any], attr: dict[str, Any]) -> A
     ids_shape = _shape(ids)
     dim = int(attr["dim"])
     func = gather_func(rows, dim, ids_shape, str(ids.ty.dtype))
-    return _call(bb, func, "edgec_binary_gather", [table, scale, ids], [*ids_shape, dim], "float32")
+    return call_kernel(
+        bb, func, "edgec_binary_gather", [table, scale, ids], [*ids_shape, dim], "float32"
+    )
 
 
 CONVERTERS = {

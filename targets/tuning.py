@@ -220,6 +220,11 @@ def _quiet_metaschedule() -> None:
 
 
 def _has_record(db: Any, mod: Any) -> bool:
+    """A record in `db`, or no need of one: a kernel that comes scheduled (edgec's fused
+    attention, `targets.attention_kernel`) keeps its schedule, tuned or not."""
+    funcs = [f for f in mod.functions.values() if getattr(f, "attrs", None) is not None]
+    if funcs and all("tir.is_scheduled" in f.attrs for f in funcs):
+        return True
     return bool(db.has_workload(mod) and db.get_top_k(db.commit_workload(mod), 1))
 
 

@@ -18,11 +18,15 @@ from typing import Any
 
 import onnx_ir as ir
 
-from edgec.core.binary_ops import DOMAIN
+from edgec.core.binary_ops import DOMAIN, FUSED_ATTENTION
 from edgec.core.errors import UnsupportedOpError
 from edgec.core.irutil import copy_model
 from edgec.passes import lower_attention
-from edgec.targets.binary_kernels import CONVERTERS, clear_kernels
+from edgec.targets.attention_kernel import convert_attention
+from edgec.targets.binary_kernels import CONVERTERS as BINARY_CONVERTERS
+from edgec.targets.binary_kernels import clear_kernels
+
+CONVERTERS = {**BINARY_CONVERTERS, FUSED_ATTENTION: convert_attention}
 
 
 class EdgecConverterError(RuntimeError):
@@ -84,8 +88,8 @@ def lower_for_tvm(
     """A copy of `model` with its attention blocks lowered for TVM (the IR is shared by the
     back ends), and the form chosen per block; `model` itself when it has none.
 
-    Softmax attention is imported decomposed (MatMul, Softmax, MatMul): TVM's own attention
-    op legalizes to the same unfused form on CPU (shared ATTENTION.md). Linear attention
+    Softmax attention becomes edgec's fused template (`attention_kernel`): TVM's own
+    attention op legalizes to an unfused form on CPU (shared ATTENTION.md). Linear attention
     takes the cheaper product order; hashed attention the form with fewer multiply-adds,
     the codes' products as popcount kernels for short sequences. `requested` (kind -> form,
     `--attention-form`) overrides the choice where the form exists for the block.
