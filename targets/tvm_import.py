@@ -2,7 +2,7 @@
 
 TVM's importer keeps its converters in a private function (`onnx_frontend._get_convert_map`)
 and dispatches on op_type alone. For the duration of an import that function is replaced by
-one that adds edgec's converters (`binary_kernels.CONVERTERS`), and put back on any exit,
+one that adds edgec's converters (`converters()`), and put back on any exit,
 exceptions and interrupts included. Because the importer does not look at domains, a node of
 another domain that shares a name with an edgec op is refused before the import (it would
 otherwise be converted as edgec's). A fault in edgec's own converter is an internal error
@@ -26,7 +26,11 @@ from edgec.targets.attention_kernel import convert_attention
 from edgec.targets.binary_kernels import CONVERTERS as BINARY_CONVERTERS
 from edgec.targets.binary_kernels import clear_kernels
 
-CONVERTERS = {**BINARY_CONVERTERS, FUSED_ATTENTION: convert_attention}
+
+def converters() -> dict[str, Callable[..., Any]]:
+    """edgec's converters by op name: the binary ops' and the fused attention's (read at each
+    import, so that the tables stay the single place that names them)."""
+    return {**BINARY_CONVERTERS, FUSED_ATTENTION: convert_attention}
 
 
 class EdgecConverterError(RuntimeError):
@@ -62,7 +66,7 @@ def edgec_converters() -> Iterator[None]:
 
         return Converter
 
-    extra = {name: converter_class(name, fn) for name, fn in CONVERTERS.items()}
+    extra = {name: converter_class(name, fn) for name, fn in converters().items()}
     onnx_frontend._get_convert_map = lambda: {**original(), **extra}
     clear_kernels()
     try:
@@ -75,7 +79,7 @@ def edgec_converters() -> Iterator[None]:
 def _check_domains(model: ir.Model) -> None:
     """An op named like one of edgec's but of another domain cannot go through the importer."""
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.op_type in CONVERTERS and node.domain != DOMAIN:
+        if node.op_type in converters() and node.domain != DOMAIN:
             raise UnsupportedOpError(
                 f"unsupported op '{node.domain or 'ai.onnx'}::{node.op_type}' (node "
                 f"'{node.name}'): TVM's importer would take it for {DOMAIN}::{node.op_type}"
