@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -276,24 +277,34 @@ def _identity(folder: Path) -> tuple[int, int] | None:
     return st.st_ino, st.st_ctime_ns
 
 
-def consistent_read(folder: Path, read: Callable[[Path], T], attempts: int = 5) -> T:
+def consistent_read(folder: Path, read: Callable[[Path], T], patience_s: float = 30.0) -> T:
     """`read(folder)`, read again if the bundle at `folder` was replaced meanwhile (another
     edgec wrote a new one there; `runtime/staging.py` swaps whole folders), so that what is
-    returned comes from one bundle, never half of each. A file system fault (OSError) is a
-    BundleError naming the bundle."""
-    for _ in range(attempts):
+    returned comes from one bundle, never half of each. Each swap leaves a whole bundle, so a
+    reader only fails if writers keep replacing it for `patience_s` seconds; between tries it
+    waits a little longer each time (up to 0.2 s) so that it gets a turn. A file system fault
+    (OSError) is a BundleError naming the bundle."""
+    deadline = time.monotonic() + patience_s
+    tries = 0
+    while True:
+        tries += 1
         before = _identity(folder)
         try:
             result = read(folder)
         except (EdgecError, OSError) as e:
-            if _identity(folder) != before:
-                continue
-            if isinstance(e, OSError):
-                raise BundleError(f"cannot read bundle '{folder}': {e}") from None
-            raise
-        if _identity(folder) == before:
-            return result
-    raise BundleError(f"bundle '{folder}' was replaced while it was read, {attempts} times")
+            if _identity(folder) == before:
+                if isinstance(e, OSError):
+                    raise BundleError(f"cannot read bundle '{folder}': {e}") from None
+                raise
+        else:
+            if _identity(folder) == before:
+                return result
+        if time.monotonic() >= deadline:
+            raise BundleError(
+                f"bundle '{folder}' was replaced while it was read, {tries} times "
+                f"in {patience_s:g} s"
+            )
+        time.sleep(min(0.2, 0.001 * 2 ** min(tries, 8)))
 
 
 @dataclass

@@ -24,7 +24,13 @@ from onnx import TensorProto, helper
 
 from edgec.core.errors import BundleError
 from edgec.runtime import Bundle
-from edgec.runtime.bundle import MANIFEST, REFERENCE, finalize_manifest, load_reference
+from edgec.runtime.bundle import (
+    MANIFEST,
+    REFERENCE,
+    consistent_read,
+    finalize_manifest,
+    load_reference,
+)
 from edgec.runtime.staging import staged_bundle, sweep_stale
 from tests.conftest import tree_digest
 
@@ -358,6 +364,27 @@ def test_concurrent_writers_and_readers(tiny_bundle: Path, tmp_path: Path) -> No
         t.join()
     assert errors == [] and reads > 0
     assert [p.name for p in dest.parent.iterdir()] == ["b"]
+    Bundle.open(dest)
+
+
+def test_a_reader_that_never_gets_a_whole_bundle_gives_up_naming_it(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """A writer that replaces the bundle during every read: the reader retries until its
+    patience runs out, then says so in one BundleError (it never returns a mixed read)."""
+    dest = tmp_path / "b"
+    _write_bundle(tiny_bundle, dest, 0)
+    seeds = iter(range(1, 1000))
+
+    def read_while_replaced(folder: Path) -> Bundle:
+        bundle = Bundle.read(folder)
+        _write_bundle(tiny_bundle, dest, next(seeds))
+        return bundle
+
+    with pytest.raises(
+        BundleError, match=r"'.*b' was replaced while it was read, \d+ times in 0.3 s"
+    ):
+        consistent_read(dest, read_while_replaced, patience_s=0.3)
     Bundle.open(dest)
 
 
