@@ -1,8 +1,8 @@
 """What a graph costs: op histogram, parameters, multiply-accumulates.
 
-MACs count the linear ops only (Conv, ConvTranspose, Gemm, MatMul, and edgec's binary
-ops as their float equivalent), the usual convention; they are read from the shapes the IR
-carries, so a graph whose shapes are unknown reports `macs_complete = False`.
+MACs count the linear ops only (Conv, ConvTranspose, Gemm, MatMul, MatMulInteger, and
+edgec's binary ops as their float equivalent), the usual convention; they are read from the
+shapes the IR carries, so a graph whose shapes are unknown reports `macs_complete = False`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def node_macs(node: ir.Node) -> int | None:
         if a is None or out is None or not a:
             return None
         return math.prod(out) * a[-1]
-    if op in ("Gemm", "MatMul"):
+    if op in ("Gemm", "MatMul", "MatMulInteger"):
         a = _static(node.inputs[0].shape if node.inputs[0] else None)
         out = _static(node.outputs[0].shape)
         if a is None or out is None or not a:

@@ -26,6 +26,7 @@ from edgec.passes.fold_batchnorm import FoldBatchnorm
 from edgec.passes.fold_channel_affine import FoldChannelAffine
 from edgec.passes.fold_repbn import FoldRepbn
 from edgec.passes.fold_square_sum import FoldSquareSum
+from edgec.passes.lower_binary_ops import LowerBinaryOps
 from edgec.passes.map_attention import MapAttention
 from edgec.passes.map_linear_attention import MapLinearAttention
 from edgec.passes.merge_affine_terms import MergeAffineTerms
@@ -94,12 +95,18 @@ def cpu() -> list[Step]:
     ]
 
 
+def mobile() -> list[Step]:
+    """The cpu pipeline, then the binary ops as int8 integer arithmetic (a reduced onnxruntime
+    build runs no edgec kernels)."""
+    return [*cpu(), LowerBinaryOps(), cleanup(), InferShapes()]
+
+
 def none() -> list[Step]:
     """No rewrites: the frontend's IR as it is (for comparisons and debugging)."""
     return []
 
 
-PIPELINES: dict[str, Callable[[], list[Step]]] = {"cpu": cpu, "none": none}
+PIPELINES: dict[str, Callable[[], list[Step]]] = {"cpu": cpu, "mobile": mobile, "none": none}
 
 
 def pass_names(steps: list[Step]) -> list[str]:
