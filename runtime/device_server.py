@@ -11,6 +11,9 @@ exist in every session:
   edgec.device.info        -> JSON: machine, system, emulation (from EDGEC_DEVICE_EMULATED),
                               versions
   edgec.device.peak_rss_mb -> the session process's peak resident memory
+  edgec.device.ort_run     -> runs an uploaded ONNX or ORT-format model with the device's
+                              onnxruntime on uploaded inputs (npz), writes the outputs (npz)
+  edgec.device.ort_time    -> times it: JSON of the cold start and each timed run (ms)
 and, where the runtime lacks it, the random fill MetaSchedule's RPC runner needs.
 SIGTERM or SIGINT ends the server and its sessions.
 """
@@ -26,9 +29,93 @@ import signal
 import sys
 
 
+def _version(module: str) -> str:
+    """The module's version, or "" where the device does not have it."""
+    try:
+        return str(__import__(module).__version__)
+    except ImportError:
+        return ""
+
+
+def _ort_session(model: str, options_json: str) -> object:
+    """An onnxruntime CPU session of an uploaded model, with a bundle's options."""
+    import onnxruntime as ort
+    import tvm_ffi
+
+    options = json.loads(options_json)
+    so = ort.SessionOptions()
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    so.graph_optimization_level = levels[options.get("graph_optimization_level", "all")]
+    so.intra_op_num_threads = int(options.get("threads", 0))
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    if options.get("saved_runtime_optimizations"):
+        so.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
+    path = tvm_ffi.get_global_func("tvm.rpc.server.workpath")(model)
+    return ort.InferenceSession(
+        path,
+        so,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=options.get("disabled_optimizers"),
+    )
+
+
+def _feeds(name: str) -> dict[str, object]:
+    import numpy as np
+    import tvm_ffi
+
+    with np.load(tvm_ffi.get_global_func("tvm.rpc.server.workpath")(name)) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _register_onnxruntime() -> None:
+    """The onnxruntime functions, where the device has onnxruntime (imported here, once, so
+    that every session forked from the server has it loaded)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return
+    import time
+
+    import numpy as np
+    import tvm_ffi
+
+    @tvm_ffi.register_global_func("edgec.device.ort_run", override=True)
+    def ort_run(model: str, inputs: str, outputs: str, options: str) -> str:
+        session = _ort_session(model, options)
+        results = session.run(None, _feeds(inputs))  # type: ignore[attr-defined]
+        path = tvm_ffi.get_global_func("tvm.rpc.server.workpath")(outputs)
+        np.savez(path, *results)
+        return str(len(results))
+
+    @tvm_ffi.register_global_func("edgec.device.ort_time", override=True)
+    def ort_time(model: str, inputs: str, options: str, runs: int, warmup: int) -> str:
+        start = time.perf_counter()
+        session = _ort_session(model, options)
+        feeds = _feeds(inputs)
+        session.run(None, feeds)  # type: ignore[attr-defined]
+        cold_ms = (time.perf_counter() - start) * 1e3
+        for _ in range(warmup):
+            session.run(None, feeds)  # type: ignore[attr-defined]
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            session.run(None, feeds)  # type: ignore[attr-defined]
+            times.append((time.perf_counter() - t0) * 1e3)
+        return json.dumps({"cold_ms": cold_ms, "times_ms": times})
+
+
 def _register() -> None:
     import tvm
     import tvm_ffi
+
+    _register_onnxruntime()
 
     @tvm_ffi.register_global_func("edgec.device.info", override=True)
     def info() -> str:
@@ -39,6 +126,7 @@ def _register() -> None:
                 "release": platform.release(),
                 "python": platform.python_version(),
                 "tvm": tvm.__version__,
+                "onnxruntime": _version("onnxruntime"),
                 "cpus": os.cpu_count(),
                 "emulated": os.environ.get("EDGEC_DEVICE_EMULATED", ""),
             }

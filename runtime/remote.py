@@ -1,12 +1,16 @@
-"""Run, verify and profile a TVM bundle on a device over TVM RPC.
+"""Run, verify and profile a bundle on a device over TVM RPC: a TVM bundle's library, or an
+onnxruntime bundle's model (ONNX or the mobile target's ORT format) with the device's own
+onnxruntime.
 
     with connect("192.168.1.20:9190") as device:      # `edgec device serve` on the board
         report = device.verify(bundle)
         timing = device.profile(bundle, runs=50)
 
-The library is uploaded, loaded into a Relax VM on the device, fed the bundle's stored reference
-input and compared there against the stored output; timings come from the device's own timer
-(`time_evaluator`), so RPC round trips are not in them. A device that says it is emulated
+A TVM library is uploaded, loaded into a Relax VM on the device, fed the bundle's stored
+reference input and compared here against the stored output; timings come from the device's own
+timer (`time_evaluator`), so RPC round trips are not in them. An onnxruntime model is uploaded
+with the inputs as npz, run by the device server's `edgec.device.ort_run` / `ort_time`
+(`runtime/device_server.py`), timed there with its clock. A device that says it is emulated
 (`edgec device emulate`) has its latency labelled as emulated: it is not device latency.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import json
 import socket
 import threading
@@ -72,19 +77,22 @@ class RemoteDevice:
                 f"is {self.info.machine}"
             )
 
+    def _upload(self, bundle: Bundle, name: str) -> str:
+        """Upload one of the bundle's files; returns its name on the device, which is named by
+        content: the device's loader keeps a library by its path, so two bundles uploaded as
+        'model.so' in one session would run the first one's code."""
+        digest = bundle.manifest.files.get(name) or sha256_file(bundle.path / name)
+        remote_name = f"{digest[:16]}-{name}"
+        self.session.upload(str(bundle.path / name), target=remote_name)
+        return remote_name
+
     def _load(self, bundle: Bundle, threads: int = 0) -> tuple[Any, Any]:
         from tvm import relax
 
         self._check_bundle(bundle)
         if threads > 0:
             self.session.get_function("runtime.config_threadpool")(1, threads)
-        name = bundle.manifest.artifacts["model"]
-        # named by content: the device's loader keeps a library by its path, so two bundles
-        # uploaded as 'model.so' in one session would run the first one's code
-        digest = bundle.manifest.files.get(name) or sha256_file(bundle.path / name)
-        remote_name = f"{digest[:16]}-{name}"
-        self.session.upload(str(bundle.path / name), target=remote_name)
-        lib = self.session.load_module(remote_name)
+        lib = self.session.load_module(self._upload(bundle, bundle.manifest.artifacts["model"]))
         dev = self.session.cpu()
         return relax.VirtualMachine(lib, dev), dev
 
@@ -105,9 +113,48 @@ class RemoteDevice:
         items = [result] if hasattr(result, "numpy") else list(result)
         return [r.numpy() for r in items]
 
+    def _ort_upload(self, bundle: Bundle, feeds: dict[str, np.ndarray]) -> tuple[str, str]:
+        """The model (and its external weights) and the inputs, uploaded for the device's
+        onnxruntime; returns their names there."""
+        if not self.info.raw.get("onnxruntime"):
+            raise DeviceError(
+                f"the device at {self.address} has no onnxruntime, which bundle "
+                f"'{bundle.path}' needs: install it beside the device server"
+            )
+        artifacts = bundle.manifest.artifacts
+        weights = artifacts.get("weights")
+        if weights is not None:  # the model names it: it keeps its own name
+            self.session.upload(str(bundle.path / weights), target=weights)
+        model = self._upload(bundle, artifacts["model"])
+        buffer = io.BytesIO()
+        np.savez(buffer, **feeds)  # type: ignore[arg-type]
+        inputs = f"{model}.inputs.npz"
+        self.session.upload(bytearray(buffer.getvalue()), target=inputs)
+        return model, inputs
+
+    @staticmethod
+    def _ort_options(bundle: Bundle, threads: int) -> str:
+        keys = ("graph_optimization_level", "disabled_optimizers", "saved_runtime_optimizations")
+        options = bundle.manifest.backend_options
+        return json.dumps({**{k: options[k] for k in keys if k in options}, "threads": threads})
+
+    def _ort_run(self, bundle: Bundle, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        model, inputs = self._ort_upload(bundle, feeds)
+        outputs = f"{model}.outputs.npz"
+        count = int(
+            self.session.get_function("edgec.device.ort_run")(
+                model, inputs, outputs, self._ort_options(bundle, 0)
+            )
+        )
+        with np.load(io.BytesIO(bytes(self.session.download(outputs)))) as z:
+            return [z[f"arr_{i}"] for i in range(count)]
+
     def run(self, bundle: Bundle, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        vm, dev = self._load(bundle)
-        outs = self._call(vm, self._args(bundle, feeds, dev))
+        if bundle.manifest.backend == "onnxruntime":
+            outs = self._ort_run(bundle, feeds)
+        else:
+            vm, dev = self._load(bundle)
+            outs = self._call(vm, self._args(bundle, feeds, dev))
         return {s.name: o for s, o in zip(bundle.manifest.outputs, outs, strict=True)}
 
     def verify(
@@ -130,6 +177,8 @@ class RemoteDevice:
         """The same report as a local run, timed by the device's clock."""
         check_counts(runs, warmup, threads)
         feeds, _ = load_reference(bundle)
+        if bundle.manifest.backend == "onnxruntime":
+            return self._ort_profile(bundle, feeds, runs, warmup, threads)
         start = time.perf_counter()
         vm, dev = self._load(bundle, threads)
         args = self._args(bundle, feeds, dev)
@@ -142,6 +191,28 @@ class RemoteDevice:
             bundle,
             [float(t) * 1e3 for t in timer(*args).results],
             cold_ms,
+            threads,
+            warmup,
+            float(self.session.get_function("edgec.device.peak_rss_mb")()),
+            device=self.info.describe(),
+            emulated=bool(self.info.emulated),
+        )
+
+    def _ort_profile(
+        self, bundle: Bundle, feeds: dict[str, np.ndarray], runs: int, warmup: int, threads: int
+    ) -> ProfileReport:
+        start = time.perf_counter()
+        model, inputs = self._ort_upload(bundle, feeds)
+        upload_ms = (time.perf_counter() - start) * 1e3
+        timed = json.loads(
+            self.session.get_function("edgec.device.ort_time")(
+                model, inputs, self._ort_options(bundle, threads), runs, warmup
+            )
+        )
+        return make_report(
+            bundle,
+            [float(t) for t in timed["times_ms"]],
+            upload_ms + float(timed["cold_ms"]),  # upload, session creation, first run
             threads,
             warmup,
             float(self.session.get_function("edgec.device.peak_rss_mb")()),
