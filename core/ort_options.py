@@ -29,6 +29,8 @@ def session_options(
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
+    if options.get("saved_runtime_optimizations"):  # an ORT model converted in 'runtime' style
+        so.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
     if profile_prefix is not None:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix

@@ -74,6 +74,7 @@ def compile(
     device: str | None = None,
     binarize: str | None = None,
     attention_forms: Mapping[str, str] | None = None,
+    optimization_style: str | None = None,
     explain: bool | str = False,
     on_step: Callable[[str], None] | None = None,
 ) -> Bundle:
@@ -105,6 +106,9 @@ def compile(
       lower it to instead of the one measured or counted cheapest
       (`edgec.passes.lower_attention`), where the back end has that form for the block;
       `backend_options.attention` records each block's form.
+    optimization_style: target `mobile`: "fixed" (the default: onnxruntime's optimizations
+      baked into the ORT model, for the CPU and XNNPACK providers) or "runtime" (basic ones
+      only, the rest replayed at load: for NNAPI and Core ML).
     explain: True, or the name of one pass: each pass report in the manifest (`passes`) also
       lists every rewrite that fired and every candidate left alone, with its nodes and why.
     """
@@ -130,6 +134,8 @@ def compile(
             f"target '{target}' with back end '{backend}' builds none"
         )
     check_explain(candidates[0].pipeline, explain)
+    if optimization_style is not None and target != "mobile":
+        raise OptionError("--optimization-style applies to --target mobile only")
     attention_forms = dict(attention_forms or {})
     problem = form_problem(attention_forms)
     if problem is not None:
@@ -196,6 +202,7 @@ def compile(
         device=device,
         on_progress=on_step,
         attention_forms=attention_forms,
+        optimization_style=optimization_style or "fixed",
     )
     skipped: dict[str, str] = {}  # back end -> why measure-and-pick did not build it
     if backend == "auto" and target == "cpu":  # an x86_64 compile asked for TVM: always built

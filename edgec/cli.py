@@ -178,6 +178,12 @@ def cli(ctx: click.Context, verbose: int) -> None:
     "or cheapest one, where the back end has it (e.g. hashed=popcount: the codes' products "
     "as popcount kernels on TVM). Repeatable.",
 )
+@click.option(
+    "--optimization-style",
+    type=click.Choice(["fixed", "runtime"]),
+    help="--target mobile: bake onnxruntime's optimizations into the ORT model (fixed, the "
+    "default: CPU and XNNPACK) or save them to replay at load (runtime: NNAPI, Core ML).",
+)
 @_explain_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile(
@@ -201,6 +207,7 @@ def compile(
     device: str | None,
     binarize: str | None,
     attention_forms: tuple[str, ...],
+    optimization_style: str | None,
     explain: str | None,
     as_json: bool,
 ) -> None:
@@ -244,6 +251,7 @@ def compile(
             device=device,
             binarize=binarize,
             attention_forms=forms,
+            optimization_style=optimization_style,
             explain=_explain_value(explain),
             on_step=lambda s: status.update(s),
         )
@@ -522,7 +530,7 @@ def inspect(
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 def targets(as_json: bool) -> None:
-    """List the targets and their back ends."""
+    """List the targets, their back ends and what edgec verifies of each on this host."""
     from edgec.passes.pipelines import get_pipeline
     from edgec.targets import list_targets
 
@@ -532,6 +540,7 @@ def targets(as_json: bool) -> None:
             "backend": t.backend,
             "pipeline": [s.name for s in get_pipeline(t.pipeline)],
             "description": t.description,
+            "verified": t.verified,
         }
         for t in list_targets()
     ]
@@ -578,13 +587,17 @@ def models(as_json: bool) -> None:
     required=True,
     help="Write a C++ project that runs the bundle without Python into this folder.",
 )
-@click.option("--build", is_flag=True, help="Also run its build.sh.")
+@click.option("--build", is_flag=True, help="Also run its build.sh (TVM bundles).")
 def package(bundle: Path, embed: Path, build: bool) -> None:
-    """Package a TVM bundle (x86_64 or arm64) for embedding in a C++ program.
+    """Package a TVM bundle (x86_64 or arm64) or a mobile bundle for embedding in a C++ program.
 
-    The folder holds model.so, the TVM runtime libraries for the bundle's architecture, the
-    tvm-ffi headers, a header-only wrapper (edgec_runtime.hpp), an example host program that
-    runs the model on raw input files, the reference input and output, and build.sh.
+    A TVM bundle's folder holds model.so, the TVM runtime libraries for the bundle's
+    architecture, the tvm-ffi headers, a header-only wrapper (edgec_runtime.hpp), an example
+    host program that runs the model on raw input files, the reference input and output, and
+    build.sh. A mobile bundle's holds model.ort, required_operators.config, the reduced
+    onnxruntime build's command lines (build_onnxruntime.sh), an example program on
+    onnxruntime's C++ API with its build.sh (needs ORT_HOME: no registry here ships
+    onnxruntime's headers, so it is not built here), and the reference input and output.
     """
     from edgec.runtime import Bundle
     from edgec.runtime.package import package_embed
@@ -592,6 +605,8 @@ def package(bundle: Path, embed: Path, build: bool) -> None:
     folder = package_embed(Bundle.open(bundle), embed, build=build)
     render.out.print(f"[bold green]packaged[/] {bundle} -> {folder}")
     how = "mkdir -p out && ./run_bundle model.so io.txt inputs out" if build else "./build.sh"
+    if (folder / "model.ort").is_file():
+        how = "ORT_HOME=/path/to/onnxruntime ./build.sh (README.txt)"
     render.out.print(f"  next: cd {folder} && {how}")
 
 

@@ -116,10 +116,10 @@ def profile_report(bundle: Path, report: Any, runs: int, warmup: int, top: int) 
 
 def targets_table(rows: list[dict[str, Any]]) -> None:
     table = Table(title="targets")
-    for col in ("target", "back end", "pipeline", "description"):
+    for col in ("target", "back end", "description", "verified"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["backend"], ", ".join(r["pipeline"]), r["description"])
+        table.add_row(r["name"], r["backend"], r["description"], r["verified"])
     out.print(table)
 
 
@@ -264,6 +264,33 @@ def print_binary(b: dict[str, Any], size_bytes: int | None) -> None:
         )
 
 
+def print_mobile(opts: dict[str, Any]) -> None:
+    """A mobile bundle: its ORT model, size and the execution providers' partitions."""
+    size = opts.get("size", {})
+    line = f"  ORT format, optimization style {opts.get('optimization_style')}"
+    if size:
+        line += (
+            f", model {size['ort_bytes'] / 1e6:.1f} MB against "
+            f"{size['float_weight_bytes'] / 1e6:.1f} MB of float32 weights"
+        )
+    out.print(line)
+    if opts.get("binary_ops"):
+        out.print(f"  {opts['binary_ops']} binary ops as {opts['binary_form']} (exact)")
+    table = Table(title="execution providers (would take)")
+    for col in ("provider", "nodes", "partitions", "suitable", "falls back to CPU"):
+        table.add_column(col)
+    for ep, r in opts.get("partitions", {}).items():
+        names = r["cpu_fallback_ops"] + [f"{op} (rank)" for op in r.get("rank_too_high_ops", [])]
+        table.add_row(
+            ep,
+            f"{r['supported_nodes']}/{r['nodes']}",
+            str(r.get("partitions", "-")),
+            r.get("suitability", "-"),
+            ", ".join(n.removeprefix("ai.onnx:") for n in names) or "-",
+        )
+    out.print(table)
+
+
 def print_inspect(info: dict[str, Any]) -> None:
     head = info.get("bundle", info.get("source"))
     out.print(f"[bold]{head}[/]")
@@ -282,6 +309,8 @@ def print_inspect(info: dict[str, Any]) -> None:
                 + f", {t['num-cores']} cores"
             )
             out.print("  " + describe_tuning(opts["tuning"]))
+        if opts.get("format") == "ort":
+            print_mobile(opts)
         if info["selection"]:
             print_selection(info["selection"], detailed=False)
     for role in ("inputs", "outputs"):

@@ -22,8 +22,14 @@ ORT_LEVELS = ("disable", "basic", "extended", "all")
 REQUIRED_ARTIFACTS = {"onnxruntime": ("model",), "tvm": ("model",)}
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-# "attention": the form chosen per attention block, with its timings (informational)
-ORT_OPTIONS = ("graph_optimization_level", "disabled_optimizers", "attention")
+# "attention": the form chosen per attention block, with its timings (informational);
+# the mobile target's ORT-format model: "format" ("onnx" or "ort"), "saved_runtime_optimizations"
+# (replayed at load), and what it reports (optimization style, platform, partitions, sizes,
+# the binary ops' form)
+ORT_OPTIONS = ("graph_optimization_level", "disabled_optimizers", "attention", "format",
+               "saved_runtime_optimizations", "optimization_style", "target_platform",
+               "partitions", "size", "binary_form", "binary_ops")  # fmt: skip
+ORT_FORMATS = ("onnx", "ort")
 REQUIRED = ("target", "backend", "artifacts", "files", "backend_options", "reference",
             "inputs", "outputs", "format_version", "edgec_version")  # fmt: skip
 _STRINGS = ("target", "backend", "edgec_version", "format")
@@ -144,6 +150,10 @@ def _backend_options(backend: str, options: dict[str, Any]) -> str | None:
         unknown = set(options) - set(ORT_OPTIONS)
         if unknown:
             return f"unknown onnxruntime option '{sorted(unknown)[0]}'"
+        if options.get("format", "onnx") not in ORT_FORMATS:
+            return f"unknown onnxruntime model format {options['format']!r}"
+        if not isinstance(options.get("saved_runtime_optimizations", False), bool):
+            return "onnxruntime saved_runtime_optimizations is not true or false"
         disabled = options.get("disabled_optimizers")
         if disabled is not None and (
             not isinstance(disabled, list) or not all(isinstance(o, str) for o in disabled)

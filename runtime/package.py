@@ -25,11 +25,11 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-import numpy as np
-
 from edgec.cache import cache_dir
-from edgec.core.errors import BundleError, DeviceError, OptionError
-from edgec.runtime.bundle import Bundle, load_reference
+from edgec.core.errors import BundleError, DeviceError
+from edgec.runtime.bundle import Bundle
+from edgec.runtime.embed_files import check_empty, write_reference
+from edgec.runtime.package_mobile import package_mobile
 from edgec.runtime.tvm_backend import bundle_triple
 
 EMBED_SOURCES = Path(__file__).with_name("embed")
@@ -87,13 +87,15 @@ def _aarch64_libs() -> dict[str, Path]:
 
 
 def package_embed(bundle: Bundle, out: Path, build: bool = False) -> Path:
-    """Write the C++ project for `bundle` into `out` (which must not exist or be empty)."""
+    """Write the C++ project for `bundle` into `out` (which must not exist or be empty): a
+    mobile bundle's (`package_mobile`) or a TVM bundle's."""
     m = bundle.manifest
+    if m.backend_options.get("format") == "ort":
+        return package_mobile(bundle, out, build)
     triple = bundle_triple(bundle, "--embed")
     if triple not in COMPILERS:
         raise BundleError(f"bundle '{bundle.path}': no embedding for {triple}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OptionError(f"--embed folder '{out}' exists and is not empty")
+    check_empty(out)
     libs = _host_libs() if triple == "x86_64-linux-gnu" else _aarch64_libs()
     out.mkdir(parents=True, exist_ok=True)
     (out / "lib").mkdir()
@@ -103,16 +105,7 @@ def package_embed(bundle: Bundle, out: Path, build: bool = False) -> Path:
     for name in ("edgec_runtime.hpp", "run_bundle.cc"):
         shutil.copy2(EMBED_SOURCES / name, out / name)
     shutil.copy2(bundle.path / m.artifacts["model"], out / "model.so")
-    inputs, outputs = load_reference(bundle)
-    lines = []
-    for role, specs, data in (("input", m.inputs, inputs), ("output", m.outputs, outputs)):
-        folder = out / ("inputs" if role == "input" else "expected")
-        folder.mkdir()
-        for s in specs:
-            value = np.ascontiguousarray(data[s.name])
-            lines.append(" ".join([role, s.name, str(value.dtype), *map(str, value.shape)]))
-            value.astype(value.dtype.newbyteorder("<")).tofile(folder / f"{s.name}.bin")
-    (out / "io.txt").write_text("\n".join(lines) + "\n")
+    write_reference(bundle, out)
     script = out / "build.sh"
     script.write_text(BUILD_SH.format(triple=triple, cxx=COMPILERS[triple]))
     script.chmod(0o755)

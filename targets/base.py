@@ -29,6 +29,9 @@ class CompileOptions:
     on_progress: Callable[[str], None] | None = None  # a line per tuning step
     # kind of attention block -> form (`--attention-form`; `passes.lower_attention`)
     attention_forms: dict[str, str] = field(default_factory=dict)
+    # mobile: the ORT converter's optimization style, "fixed" (CPU, XNNPACK) or "runtime"
+    # (NNAPI, Core ML: the rest replayed at load)
+    optimization_style: str = "fixed"
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Target(Protocol):
     backend: str
     pipeline: str
     description: str
+    verified: str  # what edgec checks of this target's bundles on this host, and how
 
     def reason_to_skip(self, model: ir.Model, options: CompileOptions) -> str | None:
         """Why `--backend auto` need not build this model here (None: build it)."""

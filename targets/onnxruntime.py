@@ -49,6 +49,7 @@ class OnnxruntimeTarget:
         "host CPU through onnxruntime's CPU execution provider; with --backend auto (the "
         "default) also TVM, keeping the faster"
     )
+    verified = "each bundle run here and checked against the reference when compiled"
 
     def reason_to_skip(self, model: ir.Model, options: CompileOptions) -> str | None:
         return None  # onnxruntime takes every model measure-and-pick is asked about

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from edgec.core.errors import TargetError
 from edgec.targets.base import Target
+from edgec.targets.mobile import MobileTarget
 from edgec.targets.onnxruntime import OnnxruntimeTarget
 from edgec.targets.tvm import TvmArm64Target, TvmX86Target
 
 TARGETS: dict[str, Target] = {
-    t.name: t for t in (OnnxruntimeTarget(), TvmX86Target(), TvmArm64Target())
+    t.name: t for t in (OnnxruntimeTarget(), TvmX86Target(), TvmArm64Target(), MobileTarget())
 }
 
 

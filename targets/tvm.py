@@ -35,6 +35,7 @@ class TvmTarget:
     backend = "tvm"
     pipeline = "cpu"
     description = ""
+    verified = ""
     triple = ""
 
     def target_dict(self, options: CompileOptions) -> dict[str, Any]:
@@ -105,6 +106,7 @@ class TvmX86Target(TvmTarget):
         "x86_64 CPU through TVM Relax (LLVM; --mcpu, the host's by default), model.so; with "
         "--backend auto (the default) also onnxruntime, keeping the faster"
     )
+    verified = "each bundle run here and checked against the reference when compiled"
 
     def target_dict(self, options: CompileOptions) -> dict[str, Any]:
         return host_target(options.mcpu, options.threads)
@@ -116,6 +118,10 @@ class TvmArm64Target(TvmTarget):
     description = (
         "aarch64 Linux through TVM Relax (LLVM, NEON; --mcpu cortex-a55 etc.), "
         "cross-compiled model.so"
+    )
+    verified = (
+        "checked against the reference on an arm64 device (--device HOST:PORT; an emulated "
+        "one here: `edgec device emulate arm64`), not on this x86_64 host"
     )
 
     def target_dict(self, options: CompileOptions) -> dict[str, Any]:
