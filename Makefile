@@ -30,13 +30,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt | debian
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	rm -rf out/demo out/demo-arm64 out/demo-binary
+	rm -rf out/demo out/demo-arm64 out/demo-binary out/demo-mobile out/demo-tensorrt
 	$(EDGEC) compile $(DEMO_MODEL) --target cpu -o out/demo --verify --threads 1
 	$(EDGEC) verify out/demo
 	$(EDGEC) profile out/demo --runs 50 --warmup 5 --threads 1
 	$(EDGEC) compile bit_bert_tiny --target x86_64 --backend tvm -o out/demo-binary --threads 1
 	$(EDGEC) inspect out/demo-binary
 	$(EDGEC) profile out/demo-binary --runs 50 --warmup 5 --threads 1
+	$(EDGEC) compile $(DEMO_MODEL) --target mobile -o out/demo-mobile
+	$(EDGEC) inspect out/demo-mobile
+	$(EDGEC) compile bit_bert_tiny --target tensorrt --precision int8-binary -o out/demo-tensorrt
 	$(EDGEC) compile $(DEMO_MODEL) --target arm64 --mcpu cortex-a55 -o out/demo-arm64
 	$(EDGEC) device emulate arm64 --prepare-only
 	$(EDGEC) device emulate arm64 --port $(DEMO_PORT) & pid=$$!; \

@@ -51,6 +51,8 @@ AUTO_BACKENDS = ("cpu", "x86_64")  # the targets `--backend auto` measures again
 SOURCE_GRAPH = "onnxruntime-source"  # cpu, auto: onnxruntime on the source graph, no passes
 # ... kept only when the compiled candidates are slower by both this ratio and this much
 SOURCE_MARGIN, SOURCE_FLOOR_MS = 1.05, 0.05
+# a float16 engine's error through a whole network (float16 outputs alone get 5e-3)
+FP16_ENGINE_TOLERANCE = 2e-2
 
 
 def compile(
@@ -75,6 +77,7 @@ def compile(
     binarize: str | None = None,
     attention_forms: Mapping[str, str] | None = None,
     optimization_style: str | None = None,
+    precision: str | None = None,
     explain: bool | str = False,
     on_step: Callable[[str], None] | None = None,
 ) -> Bundle:
@@ -109,6 +112,9 @@ def compile(
     optimization_style: target `mobile`: "fixed" (the default: onnxruntime's optimizations
       baked into the ORT model, for the CPU and XNNPACK providers) or "runtime" (basic ones
       only, the rest replayed at load: for NNAPI and Core ML).
+    precision: target `tensorrt`: "fp32" (the default), "fp16" (float32 guards around
+      normalizations, softmax and reductions; the default tolerance becomes float16's) or
+      "int8-binary" (binary layers as INT8 quantize/dequantize GEMMs, exact).
     explain: True, or the name of one pass: each pass report in the manifest (`passes`) also
       lists every rewrite that fired and every candidate left alone, with its nodes and why.
     """
@@ -136,6 +142,8 @@ def compile(
     check_explain(candidates[0].pipeline, explain)
     if optimization_style is not None and target != "mobile":
         raise OptionError("--optimization-style applies to --target mobile only")
+    if precision is not None and target != "tensorrt":
+        raise OptionError("--precision applies to --target tensorrt only")
     attention_forms = dict(attention_forms or {})
     problem = form_problem(attention_forms)
     if problem is not None:
@@ -158,6 +166,8 @@ def compile(
     timings["frontend_s"] = time.perf_counter() - t0
     if tolerance is None:
         tolerance = default_tolerance([s.dtype for s in output_specs(prepared.model)])
+        if precision == "fp16":  # the engine computes in float16, through the whole network
+            tolerance = max(tolerance, FP16_ENGINE_TOLERANCE)
     # shapes only (exporters leave some out), so that the 'before' MACs are complete
     InferShapes()(prepared.model)
     stats_before = graph_stats(prepared.model)
@@ -203,6 +213,7 @@ def compile(
         on_progress=on_step,
         attention_forms=attention_forms,
         optimization_style=optimization_style or "fixed",
+        precision=precision or "fp32",
     )
     skipped: dict[str, str] = {}  # back end -> why measure-and-pick did not build it
     if backend == "auto" and target == "cpu":  # an x86_64 compile asked for TVM: always built
@@ -507,9 +518,19 @@ def _build(
         log.info("not checked against the reference here: %s", note)
         return _Built(folder, manifest, None, note)
     preferred = dict(manifest.backend_options)
+    checked = bundle
+    if artifacts.check_backend is not None:  # the host cannot run the target's own back end
+        checked = Bundle(
+            folder,
+            replace(
+                manifest,
+                backend=artifacts.check_backend,
+                backend_options=artifacts.check_options,
+            ),
+        )
     try:
         error, note = check_bundle(
-            bundle,
+            checked,
             prepared.inputs,
             prepared.outputs,
             prepared.noise,
@@ -518,7 +539,10 @@ def _build(
             artifacts.fallbacks,
         )
     except BundleCheckError as e:
-        if prepared.intermediates is None or not has_binary_ops(model):
+        if artifacts.check_hint:
+            raise BundleCheckError(f"{e}; {artifacts.check_hint}") from None
+        own_back_end = artifacts.check_backend is None  # teacher forcing runs the target's
+        if prepared.intermediates is None or not has_binary_ops(model) or not own_back_end:
             raise
         log.info("%s; checking the binarized layers with teacher forcing", e)
         untuned = replace(options, tune=0, tune_time=None)
@@ -541,6 +565,12 @@ def _build(
         own = Session(bundle, threads).run(prepared.inputs)
         log.warning("%s", note)
         return _Built(folder, manifest, report.max_error, note, own)
+    if artifacts.check_backend is not None:
+        checked_as = (
+            f"checked as ONNX in {artifacts.check_backend}; the {tgt.backend} engine is not "
+            "built here"
+        )
+        note = f"{note}; {checked_as}" if note else checked_as
     return _Built(folder, manifest, error, note)
 
 

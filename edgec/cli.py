@@ -184,6 +184,12 @@ def cli(ctx: click.Context, verbose: int) -> None:
     help="--target mobile: bake onnxruntime's optimizations into the ORT model (fixed, the "
     "default: CPU and XNNPACK) or save them to replay at load (runtime: NNAPI, Core ML).",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8-binary"]),
+    help="--target tensorrt: the engine's precision: fp32 (the default), fp16 (float32 guards "
+    "around normalizations, softmax, reductions) or int8-binary (binary layers as INT8 Q/DQ).",
+)
 @_explain_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile(
@@ -208,6 +214,7 @@ def compile(
     binarize: str | None,
     attention_forms: tuple[str, ...],
     optimization_style: str | None,
+    precision: str | None,
     explain: str | None,
     as_json: bool,
 ) -> None:
@@ -252,6 +259,7 @@ def compile(
             binarize=binarize,
             attention_forms=forms,
             optimization_style=optimization_style,
+            precision=precision,
             explain=_explain_value(explain),
             on_step=lambda s: status.update(s),
         )

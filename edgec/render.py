@@ -280,6 +280,9 @@ def print_mobile(opts: dict[str, Any]) -> None:
     for col in ("provider", "nodes", "partitions", "suitable", "falls back to CPU"):
         table.add_column(col)
     for ep, r in opts.get("partitions", {}).items():
+        if not r.get("checked", True):
+            table.add_row(ep, "-", "-", "-", f"not checked: {r['why']}")
+            continue
         names = r["cpu_fallback_ops"] + [f"{op} (rank)" for op in r.get("rank_too_high_ops", [])]
         table.add_row(
             ep,

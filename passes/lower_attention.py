@@ -110,6 +110,13 @@ TVM_FORMS = {
     "linear": ("kv_first", "qk_first"),
     "hashed": ("matmul", "popcount"),
 }
+# TensorRT fuses softmax attention written as MatMul(Q * scale, K^T) [+ mask] -> Softmax ->
+# MatMul(., V) in the [B, N, S, H] layout: the scale on Q, before the first batched matmul
+TENSORRT_FORMS = {
+    "softmax": ("scaled_q", "decomposed"),
+    "linear": ("kv_first", "qk_first"),
+    "hashed": ("matmul",),
+}
 
 
 def kind_of(shape: AnyShape) -> str:
@@ -144,6 +151,20 @@ def tvm_forms(shape: AnyShape) -> list[str]:
     return ["fused", "decomposed"]
 
 
+def tensorrt_forms(shape: AnyShape) -> list[str]:
+    """The forms a block of `shape` can take for TensorRT, its fused pattern first."""
+    if isinstance(shape, HashedShape):
+        return ["matmul"]
+    if isinstance(shape, LinearShape):
+        return ["kv_first", "qk_first"] if shape.kv_first else ["qk_first", "kv_first"]
+    return list(TENSORRT_FORMS["softmax"])
+
+
+def tensorrt(shape: AnyShape) -> tuple[str, dict[str, Any]]:
+    """TensorRT's choice: its fused attention pattern, linear attention in the cheaper order."""
+    return tensorrt_forms(shape)[0], {}
+
+
 def form_problem(requested: dict[str, str]) -> str | None:
     """What is wrong with `--attention-form` choices (None: every one names a kind of block and
     a form some back end has)."""
@@ -151,7 +172,7 @@ def form_problem(requested: dict[str, str]) -> str | None:
         if kind not in KINDS:
             kinds = ", ".join(KINDS)
             return f"--attention-form {kind}={form}: unknown kind '{kind}' (one of {kinds})"
-        known = dict.fromkeys(ONNXRUNTIME_FORMS[kind] + TVM_FORMS[kind])
+        known = dict.fromkeys(ONNXRUNTIME_FORMS[kind] + TVM_FORMS[kind] + TENSORRT_FORMS[kind])
         if form not in known:
             return (
                 f"--attention-form {kind}={form}: unknown form '{form}' for {kind} attention "
@@ -233,7 +254,7 @@ def lower(model: ir.Model, choose: Choice = decomposed) -> list[dict[str, Any]]:
         elif form == "fused" and shape is not None:
             _fused(model, node)
         else:
-            _decomposed(model.graph, node)
+            _decomposed(model.graph, node, scale_q=form == "scaled_q")
         chosen.append({"block": node.name or "", "form": form, **details})
     for kind in (ATTENTION, LINEAR_ATTENTION, HASHED_ATTENTION):
         model.functions.pop((DOMAIN, kind, ""), None)
@@ -338,11 +359,18 @@ def mha_possible(shape: Shape) -> bool:
     return shape.bias is None or _mha_bias(shape) is not None
 
 
-def _decomposed(graph: ir.Graph, node: ir.Node) -> None:
+def _decomposed(graph: ir.Graph, node: ir.Node, scale_q: bool = False) -> None:
+    """MatMuls and Softmax; the scale on the scores, or with `scale_q` on Q before the first
+    MatMul (TensorRT's fused pattern: the same product up to rounding)."""
     q, k, v, bias = node.inputs[:4]
     scale = node.attributes.get_float("scale", 1.0)
     base = node.name or "attention"
-    nodes = [ir.node("Transpose", [k], attributes={"perm": [0, 1, 3, 2]}, name=f"{base}/k_t")]
+    nodes = []
+    if scale_q and scale != 1.0:
+        c = _scalar_init(graph, scale, f"{base}/scale")
+        nodes.append(ir.node("Mul", [q, c], name=f"{base}/scale_q"))
+        q, scale = nodes[-1].outputs[0], 1.0
+    nodes.append(ir.node("Transpose", [k], attributes={"perm": [0, 1, 3, 2]}, name=f"{base}/k_t"))
     nodes.append(ir.node("MatMul", [q, nodes[-1].outputs[0]], name=f"{base}/qk"))
     if scale != 1.0:
         c = _scalar_init(graph, scale, f"{base}/scale")

@@ -32,6 +32,7 @@ from edgec.passes.map_linear_attention import MapLinearAttention
 from edgec.passes.merge_affine_terms import MergeAffineTerms
 from edgec.passes.merge_parallel_branches import MergeParallelBranches
 from edgec.passes.merge_serial_linear import MergeSerialLinear
+from edgec.passes.narrow_int64 import NarrowInt64
 
 
 def cleanup() -> FixedPoint:
@@ -101,12 +102,23 @@ def mobile() -> list[Step]:
     return [*cpu(), LowerBinaryOps(), cleanup(), InferShapes()]
 
 
+def tensorrt() -> list[Step]:
+    """The cpu pipeline, then INT64 constants narrowed to INT32 where exact (the target lowers
+    attention and binary ops by precision, and checks every op against TensorRT's table)."""
+    return [*cpu(), NarrowInt64(), InferShapes()]
+
+
 def none() -> list[Step]:
     """No rewrites: the frontend's IR as it is (for comparisons and debugging)."""
     return []
 
 
-PIPELINES: dict[str, Callable[[], list[Step]]] = {"cpu": cpu, "mobile": mobile, "none": none}
+PIPELINES: dict[str, Callable[[], list[Step]]] = {
+    "cpu": cpu,
+    "mobile": mobile,
+    "tensorrt": tensorrt,
+    "none": none,
+}
 
 
 def pass_names(steps: list[Step]) -> list[str]:

@@ -19,7 +19,8 @@ import numpy as np
 KINDS = ("tensor", "sequence", "optional", "optional_sequence")
 ORT_LEVELS = ("disable", "basic", "extended", "all")
 # the artifacts each back end loads; a back end not listed here is refused when loaded
-REQUIRED_ARTIFACTS = {"onnxruntime": ("model",), "tvm": ("model",)}
+REQUIRED_ARTIFACTS = {"onnxruntime": ("model",), "tvm": ("model",), "tensorrt": ("model",)}
+TENSORRT_PRECISIONS = ("fp32", "fp16", "int8-binary")
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # "attention": the form chosen per attention block, with its timings (informational);
@@ -159,6 +160,8 @@ def _backend_options(backend: str, options: dict[str, Any]) -> str | None:
             not isinstance(disabled, list) or not all(isinstance(o, str) for o in disabled)
         ):
             return "onnxruntime disabled_optimizers is not a list of names"
+    if backend == "tensorrt" and options.get("precision", "fp32") not in TENSORRT_PRECISIONS:
+        return f"unknown TensorRT precision {options['precision']!r}"
     if backend == "tvm" and not isinstance(options.get("triple", ""), str):
         return "the TVM triple is not a string"
     return None

@@ -70,6 +70,11 @@ class RemoteDevice:
     def _check_bundle(self, bundle: Bundle) -> None:
         from edgec.runtime.tvm_backend import bundle_triple
 
+        if bundle.manifest.backend != "tvm":
+            raise BundleError(
+                f"bundle '{bundle.path}' runs on {bundle.manifest.backend}, which an edgec device "
+                "server does not run: run it where that back end is (`edgec verify BUNDLE` there)"
+            )
         triple = bundle_triple(bundle, "a device")
         if not triple.startswith(self.info.machine):
             raise BundleError(

@@ -47,6 +47,10 @@ def make_runner(bundle: Bundle, threads: int = 0, profile_prefix: str | None = N
             )
 
         return TvmRunner(bundle.path / m.artifacts["model"], [s.name for s in m.inputs], threads)
+    if m.backend == "tensorrt":
+        from edgec.runtime.trt_backend import TrtRunner
+
+        return TrtRunner(bundle.path, m.artifacts["model"], m.backend_options)
     raise BundleError(
         f"bundle '{bundle.path}' needs back end '{m.backend}', which this runtime does not have"
     )

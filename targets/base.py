@@ -32,6 +32,8 @@ class CompileOptions:
     # mobile: the ORT converter's optimization style, "fixed" (CPU, XNNPACK) or "runtime"
     # (NNAPI, Core ML: the rest replayed at load)
     optimization_style: str = "fixed"
+    # tensorrt: fp32, fp16 (fp32 guards) or int8-binary (binary layers as INT8 Q/DQ)
+    precision: str = "fp32"
 
 
 @dataclass
@@ -40,11 +42,18 @@ class Artifacts:
 
     `fallbacks` are further back-end options, in order of preference, for the driver to try
     when the bundle opened with `backend_options` fails its check against the reference.
+    `check_backend` names the back end the driver checks the artifacts with when this host
+    cannot run the target's own (a TensorRT bundle's ONNX, in onnxruntime), with
+    `check_options`; None: its own. `check_hint` is added to a failed check's message (what
+    the user can do about it).
     """
 
     files: dict[str, str]
     backend_options: dict[str, Any] = field(default_factory=dict)
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
+    check_backend: str | None = None
+    check_options: dict[str, Any] = field(default_factory=dict)
+    check_hint: str = ""
 
 
 class Target(Protocol):

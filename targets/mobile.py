@@ -40,7 +40,8 @@ from onnxruntime.tools.convert_onnx_models_to_ort import (
 from edgec.core.errors import OptionError, UnsupportedOpError
 from edgec.core.irutil import copy_model, ort_failure
 from edgec.passes import lower_attention
-from edgec.passes.lower_binary_ops import FORM as BINARY_FORM
+from edgec.passes.lower_binary_ops import FORMS as BINARY_FORMS
+from edgec.passes.lower_binary_ops import drop_unused_edgec_ops
 from edgec.targets.base import Artifacts, CompileOptions
 from edgec.targets.mobile_partitions import partition_report
 from edgec.targets.onnxruntime import save_onnx
@@ -134,6 +135,7 @@ class MobileTarget:
                 lower_attention.onnxruntime_forms,
             )
             attention = lower_attention.lower(model, choose)
+            drop_unused_edgec_ops(model)
         with tempfile.TemporaryDirectory(prefix=".mobile-", dir=stage) as tmp:
             scratch = Path(tmp)
             onnx_path = scratch / "model.onnx"
@@ -155,7 +157,7 @@ class MobileTarget:
             "target_platform": TARGET_PLATFORM,
             "partitions": partitions,
             "size": size,
-            **({"binary_form": BINARY_FORM, "binary_ops": binary} if binary else {}),
+            **({"binary_form": BINARY_FORMS["int8"], "binary_ops": binary} if binary else {}),
             **({"attention": attention} if attention else {}),
         }
         if style == "runtime":

@@ -61,6 +61,7 @@ XNNPACK_OPS: dict[str, _Check] = {
     "Gemm": _gemm,
     "MatMul": _matmul,
 }
+PROVIDERS = ("NNAPI", "CoreML-NeuralNetwork", "CoreML-MLProgram", "XNNPACK")
 XNNPACK_FUSED = {"Relu", "Clip"}  # taken with the Conv, pool, Gemm or MatMul before them
 
 
@@ -100,7 +101,18 @@ def xnnpack_report(model: onnx.ModelProto) -> dict[str, Any]:
     }
 
 
-def _checker_report(info: uc.PartitioningInfo) -> dict[str, Any]:
+def _checker_report(check: Callable[[], uc.PartitioningInfo]) -> dict[str, Any]:
+    """The checker's partitions for one provider; where the checker itself fails (it does on
+    some graphs: no nodes left, unusual value infos), the report says so instead."""
+    try:
+        info = check()
+        suitability = info.suitability().name.lower() if info.num_nodes else "-"
+    except Exception as e:  # onnxruntime's tool, not edgec: its fault is reported, not raised
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return {
+            "checked": False,
+            "why": f"the usability checker failed: {type(e).__name__} {first}",
+        }
     return {
         "nodes": info.num_nodes,
         "supported_nodes": info.num_supported_nodes,
@@ -110,7 +122,7 @@ def _checker_report(info: uc.PartitioningInfo) -> dict[str, Any]:
         # it handles, or of sizes fixed only at run time
         "rank_too_high_ops": sorted(info.ops_with_unsupported_rank),
         "dynamic_shape_nodes": info.nodes_unsupported_due_to_dynamic_input,
-        "suitability": info.suitability().name.lower(),
+        "suitability": suitability,
         "caveats": info.supported_ops_checker.get_caveats(),
         "source": "onnxruntime.tools.mobile_helpers.usability_checker",
     }
@@ -120,15 +132,24 @@ def partition_report(onnx_path: Path) -> dict[str, dict[str, Any]]:
     """Execution provider -> what it would take of the model at `onnx_path`."""
     with tempfile.TemporaryDirectory(prefix="edgec-partitions-") as tmp:
         basic = Path(tmp) / "basic.onnx"
-        optimize_model(onnx_path, basic, use_external_initializers=True)
-        model = ModelProtoWithShapeInfo(basic).model_with_shape_info
+        try:  # as the checker's command line prepares it; strict shape inference can refuse
+            optimize_model(onnx_path, basic, use_external_initializers=True)
+            model = ModelProtoWithShapeInfo(basic).model_with_shape_info
+        except Exception as e:  # onnxruntime's and onnx's tools: reported, not raised
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            why = {
+                "checked": False,
+                "why": f"preparing the model failed: {type(e).__name__} {first}",
+            }
+            return dict.fromkeys(PROVIDERS, why)
+    coreml = uc.check_coreml_partitions
     return {
-        "NNAPI": _checker_report(uc.check_nnapi_partitions(model, True)),
+        "NNAPI": _checker_report(lambda: uc.check_nnapi_partitions(model, True)),
         "CoreML-NeuralNetwork": _checker_report(
-            uc.check_coreml_partitions(model, True, "coreml_supported_neuralnetwork_ops.md")
+            lambda: coreml(model, True, "coreml_supported_neuralnetwork_ops.md")
         ),
         "CoreML-MLProgram": _checker_report(
-            uc.check_coreml_partitions(model, True, "coreml_supported_mlprogram_ops.md")
+            lambda: coreml(model, True, "coreml_supported_mlprogram_ops.md")
         ),
         "XNNPACK": xnnpack_report(model),
     }

@@ -6,10 +6,18 @@ from edgec.core.errors import TargetError
 from edgec.targets.base import Target
 from edgec.targets.mobile import MobileTarget
 from edgec.targets.onnxruntime import OnnxruntimeTarget
+from edgec.targets.tensorrt import TensorrtTarget
 from edgec.targets.tvm import TvmArm64Target, TvmX86Target
 
 TARGETS: dict[str, Target] = {
-    t.name: t for t in (OnnxruntimeTarget(), TvmX86Target(), TvmArm64Target(), MobileTarget())
+    t.name: t
+    for t in (
+        OnnxruntimeTarget(),
+        TvmX86Target(),
+        TvmArm64Target(),
+        MobileTarget(),
+        TensorrtTarget(),
+    )
 }
 
 

@@ -1,11 +1,13 @@
 """Run ONNX's conformance cases through edgec as a user would, and classify each outcome.
 
     python -m tests.conformance.harness [--filter SUBSTRING] [--json OUT] [--limit N]
+                                        [--target cpu|mobile|...]
 
 For every case that onnxruntime itself runs correctly (all graph optimizations, the case's
 own inputs, the case's rtol/atol):
 
-- with inputs: `edgec.compile(model, target="cpu", backend="onnxruntime", inputs=...)`, then
+- with inputs: `edgec.compile(model, target=TARGET, backend="onnxruntime", inputs=...)`
+  (TARGET `cpu` unless --target names another onnxruntime target, such as `mobile`), then
   `edgec.load(bundle).run(inputs)`, compared with the case's expected outputs;
 - without inputs: the same compile with generated inputs must end in a bundle or a clean
   `EdgecError` with exit code 2, never an internal fault.
@@ -98,13 +100,13 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}{at}: {text}"[:300]
 
 
-def run_case(case: Case, workdir: Path) -> Outcome:
+def run_case(case: Case, workdir: Path, target: str = "cpu") -> Outcome:
     outcome = Outcome(case.name, ort_runs(case))
     if not outcome.ort_ok:
         return outcome
     out = workdir / "bundle"
     try:
-        edgec.compile(case.model, "cpu", out, backend="onnxruntime", inputs=case.inputs)
+        edgec.compile(case.model, target, out, backend="onnxruntime", inputs=case.inputs)
         got = edgec.load(out).run(case.inputs)
         ok = all(_close(got.get(k), v, case.rtol, case.atol) for k, v in case.outputs.items())
         outcome.with_inputs = "pass" if ok else "wrong"
@@ -117,7 +119,7 @@ def run_case(case: Case, workdir: Path) -> Outcome:
         outcome.detail = _describe(e)
     shutil.rmtree(out, ignore_errors=True)
     try:
-        edgec.compile(case.model, "cpu", out, backend="onnxruntime")
+        edgec.compile(case.model, target, out, backend="onnxruntime")
         outcome.without_inputs = "ok"
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt):
@@ -129,13 +131,13 @@ def run_case(case: Case, workdir: Path) -> Outcome:
     return outcome
 
 
-def run_all(name_filter: str = "", limit: int = 0) -> list[Outcome]:
+def run_all(name_filter: str = "", limit: int = 0, target: str = "cpu") -> list[Outcome]:
     logging.getLogger("edgec").setLevel(logging.ERROR)
     cases = [c for c in all_cases() if name_filter in c.name]
     if limit:
         cases = cases[:limit]
     with tempfile.TemporaryDirectory(prefix="edgec-conformance-") as tmp:
-        return [run_case(c, Path(tmp)) for c in cases]
+        return [run_case(c, Path(tmp), target) for c in cases]
 
 
 def summary(outcomes: list[Outcome]) -> dict[str, Any]:
@@ -153,9 +155,10 @@ def main() -> None:
     parser.add_argument("--filter", default="")
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--target", default="cpu")
     args = parser.parse_args()
     start = time.perf_counter()
-    outcomes = run_all(args.filter, args.limit)
+    outcomes = run_all(args.filter, args.limit, args.target)
     result = summary(outcomes)
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result, indent=1))
