@@ -106,7 +106,7 @@ def test_hugging_face_attention_is_mapped_and_exact(
     assert "Softmax" not in {n.op_type for n in model.graph}
     for name, got in run_onnx(model, feeds).items():  # the function bodies
         np.testing.assert_allclose(got, reference[name], rtol=1e-5, atol=1e-5)
-    for form in ("decomposed", "mha"):
+    for form in ("decomposed", "mha", "scaled_q"):  # scaled_q: TensorRT's pattern
         lowered = copy_model(model)
         chosen = lower_attention.lower(lowered, lambda shape, f=form: (f, {}))
         assert {c["form"] for c in chosen} == {form}
@@ -314,7 +314,7 @@ def test_onnx_attention_is_mapped_and_exact(mask, attrs: dict, tmp_path: Path) -
     assert _attention_count(model) == 1, mapping.explained
     assert "Attention" not in {n.op_type for n in model.graph if n.domain == ""}
     np.testing.assert_allclose(run_onnx(model, feeds)["y"], reference, rtol=1e-5, atol=1e-6)
-    for form in ("decomposed", "mha"):
+    for form in ("decomposed", "mha", "scaled_q"):
         lowered = copy_model(model)
         lower_attention.lower(lowered, lambda shape, f=form: (f, {}))
         got = run_onnx(lowered, feeds)["y"]
