@@ -258,6 +258,19 @@ def insert_binary_linear(
     return node.outputs[0]
 
 
+def drop_unused_edgec_ops(model: ir.Model) -> None:
+    """Remove the bodies of edgec's ops no node uses any more, and the domain's opset import
+    once nothing uses it (a graph for a runtime without edgec's ops must not import it)."""
+    used = {(n.domain, n.op_type) for n in model.graph.all_nodes()}
+    for key in list(model.functions):
+        domain, op_type, _ = key
+        if domain == DOMAIN and (domain, op_type) not in used:
+            del model.functions[key]
+    if not any(d == DOMAIN for d, _ in used) and not any(k[0] == DOMAIN for k in model.functions):
+        model.opset_imports.pop(DOMAIN, None)
+        model.graph.opset_imports.pop(DOMAIN, None)
+
+
 def words(k: int) -> int:
     return -(-k // WORD_BITS)
 

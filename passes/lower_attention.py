@@ -38,10 +38,11 @@ from edgec.core.binary_ops import (
     FUSED_ATTENTION,
     HASHED_ATTENTION,
     LINEAR_ATTENTION,
+    drop_unused_edgec_ops,
     ensure_function,
     words,
 )
-from edgec.core.irutil import initializer, ort_session
+from edgec.core.irutil import copy_model, initializer, ort_session
 from edgec.passes._ir import static_shape, take_over
 
 MS_DOMAIN = "com.microsoft"
@@ -258,7 +259,23 @@ def lower(model: ir.Model, choose: Choice = decomposed) -> list[dict[str, Any]]:
         chosen.append({"block": node.name or "", "form": form, **details})
     for kind in (ATTENTION, LINEAR_ATTENTION, HASHED_ATTENTION):
         model.functions.pop((DOMAIN, kind, ""), None)
+    drop_unused_edgec_ops(model)
     return chosen
+
+
+def lowered_copy(
+    model: ir.Model,
+    choose: Choice,
+    requested: dict[str, str],
+    available: Callable[[AnyShape], list[str]],
+) -> tuple[ir.Model, list[dict[str, Any]]]:
+    """A target's view of `model` (whose IR the back ends share): a copy with every attention
+    block lowered to `choose`'s form, or to the `requested` one (`--attention-form`) where
+    `available` lists it; the model itself and no blocks when it has none."""
+    if not attention_nodes(model):
+        return model, []
+    copy = copy_model(model)
+    return copy, lower(copy, forced(choose, requested, available))
 
 
 def timed(threads: int) -> Choice:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgec.core.binary_ops import DOMAIN, unpack_bits
+from edgec.core.binary_ops import DOMAIN, drop_unused_edgec_ops, unpack_bits
 from edgec.core.irutil import initializer
 from edgec.passes._ir import bypass, const, live_nodes
 from edgec.passes.base import EdgecPass
@@ -232,16 +232,3 @@ class LowerBinaryOps(EdgecPass):
         row_scale = build.op("Gather", [build.const(s.astype(np.float32), "row_scale"), ids])
         last = build.const(np.array([-1], np.int64), "last_axis")
         return build.op("Mul", [rows, build.op("Unsqueeze", [row_scale, last])])
-
-
-def drop_unused_edgec_ops(model: ir.Model) -> None:
-    """Remove the bodies of edgec's ops no node uses any more, and the domain's opset import
-    once nothing uses it (a graph for a runtime without edgec's ops must not import it)."""
-    used = {(n.domain, n.op_type) for n in model.graph.all_nodes()}
-    for key in list(model.functions):
-        domain, op_type, _ = key
-        if domain == DOMAIN and (domain, op_type) not in used:
-            del model.functions[key]
-    if not any(d == DOMAIN for d, _ in used) and not any(k[0] == DOMAIN for k in model.functions):
-        model.opset_imports.pop(DOMAIN, None)
-        model.graph.opset_imports.pop(DOMAIN, None)

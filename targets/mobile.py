@@ -38,10 +38,9 @@ from onnxruntime.tools.convert_onnx_models_to_ort import (
 )
 
 from edgec.core.errors import OptionError, UnsupportedOpError
-from edgec.core.irutil import copy_model, ort_failure
+from edgec.core.irutil import ort_failure
 from edgec.passes import lower_attention
 from edgec.passes.lower_binary_ops import FORMS as BINARY_FORMS
-from edgec.passes.lower_binary_ops import drop_unused_edgec_ops
 from edgec.targets.base import Artifacts, CompileOptions
 from edgec.targets.mobile_partitions import partition_report
 from edgec.targets.onnxruntime import save_onnx
@@ -126,16 +125,12 @@ class MobileTarget:
                 f"--optimization-style must be one of {', '.join(OPTIMIZATION_STYLES)} "
                 f"(got '{style}')"
             )
-        attention: list[dict[str, Any]] = []
-        if lower_attention.attention_nodes(model):
-            model = copy_model(model)
-            choose = lower_attention.forced(
-                lower_attention.decomposed,
-                options.attention_forms,
-                lower_attention.onnxruntime_forms,
-            )
-            attention = lower_attention.lower(model, choose)
-            drop_unused_edgec_ops(model)
+        model, attention = lower_attention.lowered_copy(
+            model,
+            lower_attention.decomposed,
+            options.attention_forms,
+            lower_attention.onnxruntime_forms,
+        )
         with tempfile.TemporaryDirectory(prefix=".mobile-", dir=stage) as tmp:
             scratch = Path(tmp)
             onnx_path = scratch / "model.onnx"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from edgec.core.irutil import copy_model, ort_session
+from edgec.core.irutil import ort_session
 from edgec.passes import lower_attention
 from edgec.targets.base import Artifacts, CompileOptions
 
@@ -55,15 +55,13 @@ class OnnxruntimeTarget:
         return None  # onnxruntime takes every model measure-and-pick is asked about
 
     def compile(self, model: ir.Model, options: CompileOptions, stage: Path) -> Artifacts:
-        attention: list[dict] = []
-        if lower_attention.attention_nodes(model):  # each block in its fastest form here
-            model = copy_model(model)  # the IR is shared by the back ends
-            choose = lower_attention.forced(
-                lower_attention.timed(options.threads),
-                options.attention_forms,
-                lower_attention.onnxruntime_forms,
-            )
-            attention = lower_attention.lower(model, choose)
+        # each block in its fastest form here
+        model, attention = lower_attention.lowered_copy(
+            model,
+            lower_attention.timed(options.threads),
+            options.attention_forms,
+            lower_attention.onnxruntime_forms,
+        )
         files = save_onnx(model, stage / "model.onnx")
         ort_session(stage / "model.onnx", optimize=True)  # fails here, naming an unsupported op
         artifacts = {"model": files[0]}

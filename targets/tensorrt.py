@@ -43,7 +43,7 @@ from edgec.core.irutil import copy_model, ort_session
 from edgec.passes import lower_attention
 from edgec.passes.cleanup import InferShapes
 from edgec.passes.lower_binary_ops import FORMS as BINARY_FORMS
-from edgec.passes.lower_binary_ops import LowerBinaryOps, drop_unused_edgec_ops
+from edgec.passes.lower_binary_ops import LowerBinaryOps
 from edgec.targets.base import Artifacts, CompileOptions
 from edgec.targets.onnxruntime import save_onnx
 from edgec.targets.tensorrt_ops import TENSORRT_VERSION, problems
@@ -173,14 +173,10 @@ class TensorrtTarget:
         problem = static_problem(model)
         if problem is not None:
             raise OptionError(problem)
-        model = copy_model(model)
-        attention: list[dict[str, Any]] = []
-        if lower_attention.attention_nodes(model):
-            choose = lower_attention.forced(
-                lower_attention.tensorrt, options.attention_forms, lower_attention.tensorrt_forms
-            )
-            attention = lower_attention.lower(model, choose)
-            drop_unused_edgec_ops(model)
+        lowered, attention = lower_attention.lowered_copy(
+            model, lower_attention.tensorrt, options.attention_forms, lower_attention.tensorrt_forms
+        )
+        model = lowered if attention else copy_model(model)  # the IR is shared: never changed
         binary = LowerBinaryOps(BINARY_FORM[precision])
         binary(model)
         InferShapes()(model)
