@@ -113,7 +113,7 @@ def compile(
       baked into the ORT model, for the CPU and XNNPACK providers) or "runtime" (basic ones
       only, the rest replayed at load: for NNAPI and Core ML).
     precision: target `tensorrt`: "fp32" (the default), "fp16" (float32 guards around
-      normalizations, softmax and reductions; the default tolerance becomes float16's) or
+      normalizations, softmax and reductions; the default tolerance becomes 2e-2) or
       "int8-binary" (binary layers as INT8 quantize/dequantize GEMMs, exact).
     explain: True, or the name of one pass: each pass report in the manifest (`passes`) also
       lists every rewrite that fired and every candidate left alone, with its nodes and why.

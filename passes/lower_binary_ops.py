@@ -34,6 +34,7 @@ from edgec.passes._ir import bypass, const, live_nodes
 from edgec.passes.base import EdgecPass
 
 RULE = "binary_as_standard_ops"
+MARK = "edgec: a lowered binary op"  # the doc_string of the last node of each lowered op
 # form -> what a bundle's manifest calls it
 FORMS = {
     "int8": "int8 MatMulInteger",
@@ -168,6 +169,9 @@ class LowerBinaryOps(EdgecPass):
             if isinstance(result, str):
                 self.left_alone(RULE, [node], result)
                 continue
+            product = result.producer()
+            if product is not None:
+                product.doc_string = f"{MARK} ({node.op_type}, {FORMS[self.form]})"
             if result.shape is None:  # the same tensor: the op's shape is the result's
                 result.shape = node.outputs[0].shape
             bypass(node, result)  # result is a new node's output: always possible
@@ -232,3 +236,8 @@ class LowerBinaryOps(EdgecPass):
         row_scale = build.op("Gather", [build.const(s.astype(np.float32), "row_scale"), ids])
         last = build.const(np.array([-1], np.int64), "last_axis")
         return build.op("Mul", [rows, build.op("Unsqueeze", [row_scale, last])])
+
+
+def lowered_count(model: ir.Model) -> int:
+    """How many binary ops this pass lowered in `model` (their last nodes carry MARK)."""
+    return sum(1 for n in model.graph.all_nodes() if (n.doc_string or "").startswith(MARK))

@@ -41,6 +41,7 @@ from edgec.core.errors import OptionError, UnsupportedOpError
 from edgec.core.irutil import ort_failure
 from edgec.passes import lower_attention
 from edgec.passes.lower_binary_ops import FORMS as BINARY_FORMS
+from edgec.passes.lower_binary_ops import lowered_count
 from edgec.targets.base import Artifacts, CompileOptions
 from edgec.targets.mobile_partitions import partition_report
 from edgec.targets.onnxruntime import save_onnx
@@ -63,10 +64,6 @@ def _float_bytes(model: ir.Model) -> int:
         wide = dtype.is_floating_point() or dtype in (ir.DataType.INT8, ir.DataType.UINT8)
         total += tensor.size * 4 if wide else tensor.nbytes
     return total
-
-
-def _binary_ops(model: ir.Model) -> int:
-    return sum(1 for n in model.graph if n.op_type == "MatMulInteger" and n.domain == "")
 
 
 def _convert(onnx_path: Path, out: Path, style: str) -> tuple[Path, Path]:
@@ -138,10 +135,12 @@ class MobileTarget:
             ort_model, config = _convert(onnx_path, scratch / "out", style)
             partitions = partition_report(onnx_path)
             shutil.move(ort_model, stage / MODEL)
-            # the converter names the scratch copy it read; the bundle's own name instead
-            text = config.read_text().replace(str(ort_model), MODEL)
-            (stage / OPERATORS).write_text(text)
-        binary = _binary_ops(model)
+            # the converter names the scratch copies it read; the bundle's model instead
+            lines = config.read_text().splitlines()
+            named = [line for line in lines if not line.startswith("# - ")]
+            named.insert(1, f"# - {MODEL}")
+            (stage / OPERATORS).write_text("\n".join(named) + "\n")
+        binary = lowered_count(model)
         size = {
             "ort_bytes": (stage / MODEL).stat().st_size,
             "float_weight_bytes": _float_bytes(model),
