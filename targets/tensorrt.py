@@ -90,13 +90,19 @@ PRECISION_FLAGS = {
 }
 
 
+def _dim(d: object) -> str:
+    if isinstance(d, int):
+        return str(d)
+    return str(getattr(d, "value", None) or "?")  # a symbolic dimension, named or not
+
+
 def static_problem(model: ir.Model) -> str | None:
     """Which graph input or output has a size not fixed at compile time (None: all fixed)."""
     for role, values in (("input", model.graph.inputs), ("output", model.graph.outputs)):
         for value in values:
             dims = value.shape.dims if value.shape is not None else None
             if dims is None or not all(isinstance(d, int) for d in dims):
-                shown = "unknown" if dims is None else "x".join(str(d) for d in dims)
+                shown = "unknown" if dims is None else "x".join(_dim(d) for d in dims)
                 return (
                     f"TensorRT bundles have static shapes: {role} '{value.name}' is {shown}; "
                     "give every input's size with --input-shape NAME=D0xD1x..."
