@@ -1,5 +1,6 @@
-"""The TensorRT back end of the runtime: the bundle's engine built from its ONNX (or loaded from
-the model.engine that build_engine.sh wrote beside it), run on the GPU.
+"""The TensorRT back end of the runtime: the bundle's engine loaded from BUNDLE.engine/
+model.engine (what the bundle's build_engine.sh writes, beside the bundle: never into it), or
+built from its ONNX when there is none, and run on the GPU.
 
 Needs the `tensorrt` Python package and a CUDA GPU (through torch's CUDA tensors, which
 Jetson's and NVIDIA's PyTorch builds have); where either is missing, opening the bundle is a
@@ -17,7 +18,11 @@ import numpy as np
 
 from edgec.core.errors import BundleError
 
-ENGINE = "model.engine"  # what build_engine.sh writes beside the bundle's model.onnx
+ENGINE = "model.engine"  # what build_engine.sh writes into BUNDLE.engine/
+
+
+def engine_path(bundle_path: Path) -> Path:
+    return bundle_path.with_name(bundle_path.name + ".engine") / ENGINE
 
 
 def _require(bundle_path: Path) -> tuple[Any, Any]:
@@ -63,7 +68,7 @@ class TrtRunner:
     def __init__(self, bundle_path: Path, model: str, options: dict[str, Any]) -> None:
         trt, self.torch = _require(bundle_path)
         logger = trt.Logger(trt.Logger.ERROR)
-        engine_file = bundle_path / ENGINE
+        engine_file = engine_path(bundle_path)
         if engine_file.is_file():
             serialized = engine_file.read_bytes()
         else:

@@ -63,18 +63,21 @@ LINT_TIMEOUT_S = 600.0
 BUILD_SH = """#!/bin/sh
 # Builds and profiles the TensorRT engine of this bundle on a Jetson or an NVIDIA GPU machine
 # with TensorRT {version} or later (trtexec on PATH, or TRTEXEC=/path/to/trtexec):
-#   sh build_engine.sh            -> model.engine, and the timings of --avgRuns runs
+#   sh build_engine.sh [OUT]      -> OUT/model.engine (OUT: BUNDLE.engine beside the bundle),
+#                                    and the timings of --avgRuns runs, layers and profile
+# The bundle folder itself is never written: edgec refuses a bundle with files added to it.
 # Precision {precision}: {how}.
-# Then `edgec verify BUNDLE` and `edgec profile BUNDLE` run the engine there.
+# Then `edgec verify BUNDLE` and `edgec profile BUNDLE` load BUNDLE.engine/model.engine.
 set -e
-cd "$(dirname "$0")"
+BUNDLE="$(cd "$(dirname "$0")" && pwd)"
+OUT="${{1:-$BUNDLE.engine}}"
+mkdir -p "$OUT"
 TRTEXEC="${{TRTEXEC:-trtexec}}"
-"$TRTEXEC" --onnx={model} --saveEngine=model.engine \\
-  --shapes={shapes} \\
-  {flags} \\
+"$TRTEXEC" --onnx="$BUNDLE/{model}" --saveEngine="$OUT/model.engine" \\
+{shapes}  {flags} \\
   --avgRuns=100 --percentile=50,90,99 --dumpProfile --separateProfileRun \\
-  --profilingVerbosity=detailed --dumpLayerInfo --exportLayerInfo=layers.json \\
-  --exportTimes=times.json --exportProfile=profile.json
+  --profilingVerbosity=detailed --dumpLayerInfo --exportLayerInfo="$OUT/layers.json" \\
+  --exportTimes="$OUT/times.json" --exportProfile="$OUT/profile.json"
 """
 PRECISION_FLAGS = {
     "fp32": ("--noTF32", "float32 throughout, TF32 off; binary layers as exact +-1 MatMuls"),
@@ -204,7 +207,7 @@ class TensorrtTarget:
                 precision=precision,
                 how=how,
                 model=MODEL,
-                shapes=_shapes(model),
+                shapes=f"  --shapes={_shapes(model)} \\\n" if model.graph.inputs else "",
                 flags=flags,
             )
         )

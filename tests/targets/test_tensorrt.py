@@ -6,6 +6,8 @@ in onnxruntime against the reference (no TensorRT here: the engine is not built)
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +151,23 @@ def test_small_model_bundle_and_its_runtime_error_here(
     bundle = Bundle.open(tmp_path / "t")
     _check(bundle)
     assert "not built here" in bundle.manifest.reference["note"]
+    # build_engine.sh with a stand-in trtexec that records its arguments: the engine and the
+    # reports go beside the bundle, which stays as it was written (it still opens)
+    fake = tmp_path / "trtexec"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "args"}\n')
+    fake.chmod(0o755)
+    done = subprocess.run(
+        ["sh", str(tmp_path / "t" / "build_engine.sh")],
+        env={**os.environ, "TRTEXEC": str(fake)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    args = (tmp_path / "args").read_text().split()
+    assert f"--onnx={tmp_path / 't' / 'model.onnx'}" in args
+    assert f"--saveEngine={tmp_path / 't.engine' / 'model.engine'}" in args
+    assert "--shapes=x:1x3x16x16" in args and "--noTF32" in args
+    Bundle.open(tmp_path / "t")
     r = cli("verify", str(tmp_path / "t"))  # no TensorRT, no GPU: one line, exit 2
     assert r.code == 2 and "TensorRT" in r.err and len(r.err.strip().splitlines()) == 1
     r = cli("compile", str(onnx_file), "-o", str(tmp_path / "x"), "--precision", "fp16")
