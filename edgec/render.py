@@ -264,6 +264,24 @@ def print_binary(b: dict[str, Any], size_bytes: int | None) -> None:
         )
 
 
+def print_tensorrt(opts: dict[str, Any]) -> None:
+    """A TensorRT bundle: precision, the parser table it was checked against, what ran here."""
+    lint = opts.get("lint", {})
+    failing = len(lint.get("failing_nodes", []))
+    linted = (
+        f"lint: {lint.get('passing_nodes', 0)} nodes pass, {failing} fail"
+        if lint.get("ran")
+        else f"lint not run ({lint.get('why', '-')})"
+    )
+    out.print(
+        f"  TensorRT {opts.get('tensorrt_version')} parser table: static check "
+        f"{opts.get('static_check')}; precision {opts.get('precision')}; {linted}; engine "
+        + ("verified" if opts.get("engine_verified") else "not built or verified here")
+    )
+    if opts.get("binary_ops"):
+        out.print(f"  {opts['binary_ops']} binary ops as {opts['binary_form']} (exact)")
+
+
 def print_mobile(opts: dict[str, Any]) -> None:
     """A mobile bundle: its ORT model, size and the execution providers' partitions."""
     size = opts.get("size", {})
@@ -314,6 +332,8 @@ def print_inspect(info: dict[str, Any]) -> None:
             out.print("  " + describe_tuning(opts["tuning"]))
         if opts.get("format") == "ort":
             print_mobile(opts)
+        if info["backend"] == "tensorrt":
+            print_tensorrt(opts)
         if info["selection"]:
             print_selection(info["selection"], detailed=False)
     for role in ("inputs", "outputs"):

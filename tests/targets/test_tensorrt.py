@@ -168,6 +168,10 @@ def test_small_model_bundle_and_its_runtime_error_here(
     assert f"--saveEngine={tmp_path / 't.engine' / 'model.engine'}" in args
     assert "--shapes=x:1x3x16x16" in args and "--noTF32" in args
     Bundle.open(tmp_path / "t")
+    r = cli("inspect", str(tmp_path / "t"))
+    text = " ".join(r.out.split())  # the terminal's width wraps lines anywhere
+    assert f"TensorRT {TENSORRT_VERSION} parser table: static check passed" in text
+    assert "engine not built or verified here" in text
     r = cli("verify", str(tmp_path / "t"))  # no TensorRT, no GPU: one line, exit 2
     assert r.code == 2 and "TensorRT" in r.err and len(r.err.strip().splitlines()) == 1
     r = cli("compile", str(onnx_file), "-o", str(tmp_path / "x"), "--precision", "fp16")
