@@ -141,11 +141,6 @@ class _Builder:
         return self.op("MatMul", [a, b])
 
 
-def _attr(node: ir.Node, name: str, default: float) -> float:
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.value
-
-
 class LowerBinaryOps(EdgecPass):
     name = "lower_binary_ops"
 
@@ -193,9 +188,9 @@ class LowerBinaryOps(EdgecPass):
             moved = build.op("Add", [x, build.const(off.astype(np.float32), "offset")])
         codes = build.code(
             moved,
-            _attr(node, "step", 1.0),
-            _attr(node, "threshold", 0.0),
-            _attr(node, "low", -1.0),
+            node.attributes.get_float("step", 1.0),
+            node.attributes.get_float("threshold", 0.0),
+            node.attributes.get_float("low", -1.0),
             "x",
         )
         weight = build.weight(np.ascontiguousarray(_codes_int8(packed, k).T), "weight")
@@ -211,9 +206,9 @@ class LowerBinaryOps(EdgecPass):
         codes = [
             build.code(
                 v,
-                _attr(node, f"{side}_step", 1.0),
-                _attr(node, f"{side}_threshold", 0.0),
-                _attr(node, f"{side}_low", -1.0),
+                node.attributes.get_float(f"{side}_step", 1.0),
+                node.attributes.get_float(f"{side}_threshold", 0.0),
+                node.attributes.get_float(f"{side}_low", -1.0),
                 side,
             )
             for side, v in (("a", a), ("b", b))

@@ -67,6 +67,7 @@ class TrtRunner:
 
     def __init__(self, bundle_path: Path, model: str, options: dict[str, Any]) -> None:
         trt, self.torch = _require(bundle_path)
+        self.trt = trt
         logger = trt.Logger(trt.Logger.ERROR)
         engine_file = engine_path(bundle_path)
         if engine_file.is_file():
@@ -102,5 +103,4 @@ class TrtRunner:
         return [r.cpu().numpy() for r in results]
 
     def _np_dtype(self, name: str) -> np.dtype:
-        trt = importlib.import_module("tensorrt")
-        return np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+        return np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))

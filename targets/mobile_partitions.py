@@ -24,6 +24,8 @@ import onnx
 from onnxruntime.tools.mobile_helpers import usability_checker as uc
 from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, optimize_model
 
+from edgec.core.irutil import ort_failure
+
 # op -> the condition XNNPACK's provider puts on a float node (node, constant names, ranks)
 _Check = Callable[[onnx.NodeProto, set[str], dict[str, int]], bool]
 
@@ -108,11 +110,8 @@ def _checker_report(check: Callable[[], uc.PartitioningInfo]) -> dict[str, Any]:
         info = check()
         suitability = info.suitability().name.lower() if info.num_nodes else "-"
     except Exception as e:  # onnxruntime's tool, not edgec: its fault is reported, not raised
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return {
-            "checked": False,
-            "why": f"the usability checker failed: {type(e).__name__} {first}",
-        }
+        why = f"the usability checker failed: {type(e).__name__}: {ort_failure(e)}"
+        return {"checked": False, "why": why}
     return {
         "nodes": info.num_nodes,
         "supported_nodes": info.num_supported_nodes,
@@ -136,12 +135,8 @@ def partition_report(onnx_path: Path) -> dict[str, dict[str, Any]]:
             optimize_model(onnx_path, basic, use_external_initializers=True)
             model = ModelProtoWithShapeInfo(basic).model_with_shape_info
         except Exception as e:  # onnxruntime's and onnx's tools: reported, not raised
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            why = {
-                "checked": False,
-                "why": f"preparing the model failed: {type(e).__name__} {first}",
-            }
-            return dict.fromkeys(PROVIDERS, why)
+            why = f"preparing the model failed: {type(e).__name__}: {ort_failure(e)}"
+            return {key: {"checked": False, "why": why} for key in PROVIDERS}
     coreml = uc.check_coreml_partitions
     return {
         "NNAPI": _checker_report(lambda: uc.check_nnapi_partitions(model, True)),
