@@ -231,3 +231,28 @@ def test_operator_table_restrictions(op: str, attrs: dict, domain: str, why: str
     assert problem is not None and why in problem
     ok = ir.node("MaxPool", [x], attributes={"kernel_shape": [2, 2]}, name="m")
     assert node_problem(ok) is None
+
+
+def test_narrow_int64_keeps_a_constant_another_reader_needs_as_int64() -> None:
+    """indices read by a Gather and by an int64 Add stay INT64, and explain says why."""
+    data = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "data")
+    ids = numpy_helper.from_array(np.array([3, 0], np.int64), "ids")
+    nodes = [
+        helper.make_node("Gather", ["data", "ids"], ["g"], name="gather"),
+        helper.make_node("Add", ["ids", "ids"], ["twice"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [],
+        [
+            helper.make_tensor_value_info("g", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("twice", TensorProto.INT64, [2]),
+        ],
+        [data, ids],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model, seen = explain(NarrowInt64(), proto)
+    gather = next(n for n in model.graph if n.op_type == "Gather")
+    assert gather.inputs[1].dtype == ir.DataType.INT64
+    assert [c.reason for c in seen if not c.fired] == ["another reader of the constant needs INT64"]
