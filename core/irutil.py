@@ -174,3 +174,24 @@ def initializer(graph: ir.Graph, array: np.ndarray, hint: str) -> ir.Value:
     )
     graph.register_initializer(value)
     return value
+
+
+def _dim(d: object) -> str:
+    if isinstance(d, int):
+        return str(d)
+    return str(getattr(d, "value", None) or "?")  # a symbolic dimension, named or not
+
+
+def static_problem(model: ir.Model, who: str) -> str | None:
+    """Which graph input or output has a size not fixed at compile time (None: all fixed), as
+    a message saying that `who` ("TensorRT bundles") need fixed sizes."""
+    for role, values in (("input", model.graph.inputs), ("output", model.graph.outputs)):
+        for value in values:
+            dims = value.shape.dims if value.shape is not None else None
+            if dims is None or not all(isinstance(d, int) for d in dims):
+                shown = "unknown" if dims is None else "x".join(_dim(d) for d in dims)
+                return (
+                    f"{who} have static shapes: {role} '{value.name}' is {shown}; "
+                    "give every input's size with --input-shape NAME=D0xD1x..."
+                )
+    return None

@@ -142,8 +142,8 @@ def compile(
     check_explain(candidates[0].pipeline, explain)
     if optimization_style is not None and target != "mobile":
         raise OptionError("--optimization-style applies to --target mobile only")
-    if precision is not None and target != "tensorrt":
-        raise OptionError("--precision applies to --target tensorrt only")
+    if precision is not None and target not in ("tensorrt", "coreml"):
+        raise OptionError("--precision applies to --target tensorrt and coreml only")
     attention_forms = dict(attention_forms or {})
     problem = form_problem(attention_forms)
     if problem is not None:

@@ -34,7 +34,7 @@ def _threads_option(default: int, text: str) -> Callable[[Any], Any]:
 
 
 # libraries whose log warnings only -v shows (edgec's own one-line error says what matters)
-QUIET_LIBRARIES = ("torch", "onnx_ir", "onnxscript", "onnx", "tvm")
+QUIET_LIBRARIES = ("coremltools", "torch", "onnx_ir", "onnxscript", "onnx", "tvm")
 
 
 def _explain_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:

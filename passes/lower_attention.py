@@ -120,6 +120,15 @@ TENSORRT_FORMS = {
 }
 
 
+# Core ML: softmax attention as MIL's scaled_dot_product_attention (iOS 18; the node is kept
+# for `targets.coreml_ops_edgec`), or decomposed (iOS 17)
+COREML_FORMS = {
+    "softmax": ("sdpa", "decomposed"),
+    "linear": ("kv_first", "qk_first"),
+    "hashed": ("matmul",),
+}
+
+
 def kind_of(shape: AnyShape) -> str:
     if isinstance(shape, LinearShape):
         return "linear"
@@ -166,6 +175,18 @@ def tensorrt(shape: AnyShape) -> tuple[str, dict[str, Any]]:
     return tensorrt_forms(shape)[0], {}
 
 
+def coreml_forms(shape: AnyShape) -> list[str]:
+    """The forms a block of `shape` can take for Core ML, the default first."""
+    if isinstance(shape, LinearShape | HashedShape):
+        return tensorrt_forms(shape)
+    return list(COREML_FORMS["softmax"])
+
+
+def coreml(shape: AnyShape) -> tuple[str, dict[str, Any]]:
+    """Core ML's choice: MIL's fused attention op, linear attention in the cheaper order."""
+    return coreml_forms(shape)[0], {}
+
+
 def form_problem(requested: dict[str, str]) -> str | None:
     """What is wrong with `--attention-form` choices (None: every one names a kind of block and
     a form some back end has)."""
@@ -173,7 +194,9 @@ def form_problem(requested: dict[str, str]) -> str | None:
         if kind not in KINDS:
             kinds = ", ".join(KINDS)
             return f"--attention-form {kind}={form}: unknown kind '{kind}' (one of {kinds})"
-        known = dict.fromkeys(ONNXRUNTIME_FORMS[kind] + TVM_FORMS[kind] + TENSORRT_FORMS[kind])
+        known = dict.fromkeys(
+            ONNXRUNTIME_FORMS[kind] + TVM_FORMS[kind] + TENSORRT_FORMS[kind] + COREML_FORMS[kind]
+        )
         if form not in known:
             return (
                 f"--attention-form {kind}={form}: unknown form '{form}' for {kind} attention "
@@ -250,6 +273,9 @@ def lower(model: ir.Model, choose: Choice = decomposed) -> list[dict[str, Any]]:
             continue
         shape = _shape(node)
         form, details = choose(shape) if shape is not None else ("decomposed", {})
+        if form == "sdpa":  # kept: the Core ML lowering maps it to its attention op
+            chosen.append({"block": node.name or "", "form": form, **details})
+            continue
         if form == "mha" and shape is not None:
             _mha(model.graph, node, shape)
         elif form == "fused" and shape is not None:
@@ -257,8 +283,6 @@ def lower(model: ir.Model, choose: Choice = decomposed) -> list[dict[str, Any]]:
         else:
             _decomposed(model.graph, node, scale_q=form == "scaled_q")
         chosen.append({"block": node.name or "", "form": form, **details})
-    for kind in (ATTENTION, LINEAR_ATTENTION, HASHED_ATTENTION):
-        model.functions.pop((DOMAIN, kind, ""), None)
     drop_unused_edgec_ops(model)
     return chosen
 

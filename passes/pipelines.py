@@ -108,6 +108,12 @@ def tensorrt() -> list[Step]:
     return [*cpu(), NarrowInt64(), InferShapes()]
 
 
+def coreml() -> list[Step]:
+    """The cpu pipeline as it is: the target lowers attention and the binary ops to MIL itself
+    (`targets/coreml_lowering.py`)."""
+    return cpu()
+
+
 def none() -> list[Step]:
     """No rewrites: the frontend's IR as it is (for comparisons and debugging)."""
     return []
@@ -117,6 +123,7 @@ PIPELINES: dict[str, Callable[[], list[Step]]] = {
     "cpu": cpu,
     "mobile": mobile,
     "tensorrt": tensorrt,
+    "coreml": coreml,
     "none": none,
 }
 

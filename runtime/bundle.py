@@ -166,7 +166,11 @@ def check_files(folder: Path, manifest: Manifest) -> None:
             raise BundleError(
                 f"bundle '{folder}': checksum mismatch for '{name}' (the file was modified)"
             )
-    missing = [a for a in [*manifest.artifacts.values(), REFERENCE] if a not in manifest.files]
+    missing = [  # an artifact is a file, or a folder of files (a Core ML .mlpackage)
+        a
+        for a in [*manifest.artifacts.values(), REFERENCE]
+        if a not in manifest.files and not any(f.startswith(f"{a}/") for f in manifest.files)
+    ]
     if missing:
         raise BundleError(f"bundle '{folder}': file '{missing[0]}' has no checksum")
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgec.core.errors import BundleError, InputError
+from edgec.core.errors import BundleError, InputError, OptionError
 from edgec.core.specs import TensorSpec
 from edgec.runtime.bundle import Bundle, consistent_read, load_reference
 from edgec.runtime.compare import rel_error
@@ -27,9 +27,17 @@ class Runner(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
-def make_runner(bundle: Bundle, threads: int = 0, profile_prefix: str | None = None) -> Runner:
-    """Open the bundle's artifact with the back end its manifest names."""
+def make_runner(
+    bundle: Bundle,
+    threads: int = 0,
+    profile_prefix: str | None = None,
+    compute_units: str | None = None,
+) -> Runner:
+    """Open the bundle's artifact with the back end its manifest names (`compute_units`: a
+    Core ML bundle's, on macOS)."""
     m = bundle.manifest
+    if compute_units is not None and m.backend != "coreml":
+        raise OptionError("--compute-units applies to Core ML bundles only")
     if m.backend == "onnxruntime":
         from edgec.runtime.ort_backend import OrtRunner
 
@@ -51,6 +59,10 @@ def make_runner(bundle: Bundle, threads: int = 0, profile_prefix: str | None = N
         from edgec.runtime.trt_backend import TrtRunner
 
         return TrtRunner(bundle.path, m.artifacts["model"], m.backend_options)
+    if m.backend == "coreml":
+        from edgec.runtime.coreml_backend import CoremlRunner
+
+        return CoremlRunner(bundle.path, m.artifacts["model"], m.backend_options, compute_units)
     raise BundleError(
         f"bundle '{bundle.path}' needs back end '{m.backend}', which this runtime does not have"
     )
@@ -83,10 +95,11 @@ class VerifyReport:
 class Session:
     """A bundle opened for inference."""
 
-    def __init__(self, bundle: Bundle, threads: int = 0) -> None:
+    def __init__(self, bundle: Bundle, threads: int = 0, compute_units: str | None = None) -> None:
         self.bundle = bundle
         self.threads = threads
-        self._runner = make_runner(bundle, threads)
+        self.compute_units = compute_units
+        self._runner = make_runner(bundle, threads, compute_units=compute_units)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -140,8 +153,15 @@ class Session:
         return VerifyReport({k: rel_error(got[k], v) for k, v in ref_out.items()}, float(tol))
 
 
-def load(path: str | os.PathLike[str], threads: int = 0, check: bool = True) -> Session:
-    """Open a bundle folder: checks format version and every file's sha256 first."""
+def load(
+    path: str | os.PathLike[str],
+    threads: int = 0,
+    check: bool = True,
+    compute_units: str | None = None,
+) -> Session:
+    """Open a bundle folder: checks format version and every file's sha256 first
+    (`compute_units`: where Core ML runs a Core ML bundle, on macOS)."""
     return consistent_read(
-        Path(path), lambda folder: Session(Bundle.read(folder, check=check), threads=threads)
+        Path(path),
+        lambda folder: Session(Bundle.read(folder, check=check), threads, compute_units),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edgec.core.errors import TargetError
 from edgec.targets.base import Target
+from edgec.targets.coreml import CoremlTarget
 from edgec.targets.mobile import MobileTarget
 from edgec.targets.onnxruntime import OnnxruntimeTarget
 from edgec.targets.tensorrt import TensorrtTarget
@@ -17,6 +18,7 @@ TARGETS: dict[str, Target] = {
         TvmArm64Target(),
         MobileTarget(),
         TensorrtTarget(),
+        CoremlTarget(),
     )
 }
 

@@ -39,7 +39,7 @@ import onnx_ir as ir
 from onnxconverter_common import float16
 
 from edgec.core.errors import OptionError, UnsupportedOpError
-from edgec.core.irutil import copy_model, ort_session
+from edgec.core.irutil import copy_model, ort_session, static_problem
 from edgec.passes import lower_attention
 from edgec.passes.cleanup import InferShapes
 from edgec.passes.lower_binary_ops import FORMS as BINARY_FORMS
@@ -91,26 +91,6 @@ PRECISION_FLAGS = {
         "float32, binary layers as INT8 Q/DQ GEMMs (exact); strongly typed",
     ),
 }
-
-
-def _dim(d: object) -> str:
-    if isinstance(d, int):
-        return str(d)
-    return str(getattr(d, "value", None) or "?")  # a symbolic dimension, named or not
-
-
-def static_problem(model: ir.Model) -> str | None:
-    """Which graph input or output has a size not fixed at compile time (None: all fixed)."""
-    for role, values in (("input", model.graph.inputs), ("output", model.graph.outputs)):
-        for value in values:
-            dims = value.shape.dims if value.shape is not None else None
-            if dims is None or not all(isinstance(d, int) for d in dims):
-                shown = "unknown" if dims is None else "x".join(_dim(d) for d in dims)
-                return (
-                    f"TensorRT bundles have static shapes: {role} '{value.name}' is {shown}; "
-                    "give every input's size with --input-shape NAME=D0xD1x..."
-                )
-    return None
 
 
 def _to_fp16(model: ir.Model) -> ir.Model:
@@ -179,7 +159,7 @@ class TensorrtTarget:
             raise OptionError(
                 f"--precision must be one of {', '.join(PRECISIONS)} (got '{precision}')"
             )
-        problem = static_problem(model)
+        problem = static_problem(model, "TensorRT bundles")
         if problem is not None:
             raise OptionError(problem)
         lowered, attention = lower_attention.lowered_copy(
