@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -37,9 +36,16 @@ class CoremlRunner:
     """Runs a Core ML bundle: Core ML on macOS, the evaluator elsewhere (`engine` says which)."""
 
     def __init__(
-        self, bundle_path: Path, artifact: str, options: dict[str, Any], compute_units: str | None
+        self,
+        bundle_path: Path,
+        artifact: str,
+        output_dtypes: list[str],
+        compute_units: str | None,
     ) -> None:
         package = bundle_path / artifact
+        # Core ML has no int64 or bool outputs (they come back int32 / float32): the bundle's
+        # outputs are given back in the model's own types
+        self.output_dtypes = output_dtypes
         if compute_units is not None and compute_units not in COMPUTE_UNITS:
             raise OptionError(
                 f"--compute-units must be one of {', '.join(COMPUTE_UNITS)} (got '{compute_units}')"
@@ -47,8 +53,8 @@ class CoremlRunner:
         if on_macos():
             ct = importlib.import_module("coremltools")
             unit = getattr(ct.ComputeUnit, COMPUTE_UNITS[compute_units or "all"])
-            self.model: Any = ct.models.MLModel(str(package), compute_units=unit)
-            self.output_names = [o.name for o in self.model.get_spec().description.output]
+            self.model: object = ct.models.MLModel(str(package), compute_units=unit)
+            self.output_names = [o.name for o in self.model.get_spec().description.output]  # type: ignore[attr-defined]
             self.engine = f"Core ML ({compute_units or 'all'} compute units)"
             self.measures_latency = True
         else:
@@ -57,8 +63,9 @@ class CoremlRunner:
                     "--compute-units needs Core ML, which runs on macOS only; here edgec's MIL "
                     "evaluator checks the bundle's numerics"
                 )
-            self.model = Evaluator(package)
-            self.output_names = list(self.model.program.outputs)
+            evaluator = Evaluator(package)
+            self.model = evaluator
+            self.output_names = list(evaluator.program.outputs)
             self.engine = "edgec's MIL evaluator (numpy)"
             self.measures_latency = False
 
@@ -72,5 +79,8 @@ class CoremlRunner:
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         # the program's features are the ONNX names made Core ML names; outputs in graph order
         named = {mil_name(k): self._feed(k, np.asarray(v)) for k, v in feeds.items()}
-        got = self.model.predict(named) if on_macos() else self.model.run(named)
-        return [np.asarray(got[name]) for name in self.output_names]
+        got = self.model.predict(named) if on_macos() else self.model.run(named)  # type: ignore[attr-defined]
+        return [
+            np.asarray(got[name]).astype(dtype, copy=False)
+            for name, dtype in zip(self.output_names, self.output_dtypes, strict=True)
+        ]

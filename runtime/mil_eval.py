@@ -371,8 +371,11 @@ def _pool(kind: str) -> Impl:
         full = [(b, e + x_) for (b, e), x_ in zip(pads, extra, strict=True)]
         xp = np.pad(x, [(0, 0), (0, 0), *full], constant_values=fill)
         valid = np.pad(np.ones(spatial, F32), full)
-        padded = np.pad(np.ones(spatial, F32), pads)
-        padded = np.pad(padded, [(0, x_) for x_ in extra])
+        # the input and its explicit pads (what count_include_pad counts), not the ceil overhang
+        padded = np.pad(
+            np.ones([n + b + e for n, (b, e) in zip(spatial, pads, strict=True)], F32),
+            [(0, x_) for x_ in extra],
+        )
         acc = np.full((*x.shape[:2], *out_sp), fill, F32)
         count = np.zeros(out_sp, F32)
         exclude = bool(a.get("exclude_padding_from_average", False))

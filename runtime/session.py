@@ -62,7 +62,8 @@ def make_runner(
     if m.backend == "coreml":
         from edgec.runtime.coreml_backend import CoremlRunner
 
-        return CoremlRunner(bundle.path, m.artifacts["model"], m.backend_options, compute_units)
+        dtypes = [s.dtype or "float32" for s in m.outputs]
+        return CoremlRunner(bundle.path, m.artifacts["model"], dtypes, compute_units)
     raise BundleError(
         f"bundle '{bundle.path}' needs back end '{m.backend}', which this runtime does not have"
     )
