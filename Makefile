@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt | debian
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	rm -rf out/demo out/demo-arm64 out/demo-binary out/demo-mobile out/demo-tensorrt
+	rm -rf out/demo out/demo-arm64 out/demo-binary out/demo-mobile out/demo-tensorrt out/demo-coreml
 	$(EDGEC) compile $(DEMO_MODEL) --target cpu -o out/demo --verify --threads 1
 	$(EDGEC) verify out/demo
 	$(EDGEC) profile out/demo --runs 50 --warmup 5 --threads 1
@@ -40,6 +40,8 @@ demo: $(VENV)/.installed
 	$(EDGEC) compile $(DEMO_MODEL) --target mobile -o out/demo-mobile
 	$(EDGEC) inspect out/demo-mobile
 	$(EDGEC) compile bit_bert_tiny --target tensorrt --precision int8-binary -o out/demo-tensorrt
+	$(EDGEC) compile tiny_vit_5m --target coreml -o out/demo-coreml
+	$(EDGEC) inspect out/demo-coreml
 	$(EDGEC) compile $(DEMO_MODEL) --target arm64 --mcpu cortex-a55 -o out/demo-arm64
 	$(EDGEC) device emulate arm64 --prepare-only
 	$(EDGEC) device emulate arm64 --port $(DEMO_PORT) & pid=$$!; \

@@ -114,7 +114,9 @@ def compile(
       only, the rest replayed at load: for NNAPI and Core ML).
     precision: target `tensorrt`: "fp32" (the default), "fp16" (float32 guards around
       normalizations, softmax and reductions; the default tolerance becomes 2e-2) or
-      "int8-binary" (binary layers as INT8 quantize/dequantize GEMMs, exact).
+      "int8-binary" (binary layers as INT8 quantize/dequantize GEMMs, exact). Target
+      `coreml`: "fp32" (the default) or "fp16" (the same guards, tolerance 2e-2; in a model
+      with binary layers only the products of binary codes are float16, exactly).
     explain: True, or the name of one pass: each pass report in the manifest (`passes`) also
       lists every rewrite that fired and every candidate left alone, with its nodes and why.
     """

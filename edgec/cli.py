@@ -37,6 +37,14 @@ def _threads_option(default: int, text: str) -> Callable[[Any], Any]:
 QUIET_LIBRARIES = ("coremltools", "torch", "onnx_ir", "onnxscript", "onnx", "tvm")
 
 
+def _compute_units_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--compute-units",
+        type=click.Choice(["cpu", "gpu", "ane", "all"]),
+        help="Core ML bundles, on macOS: where Core ML may run the model (default: all).",
+    )
+
+
 def _explain_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option(
         "--explain",
@@ -188,7 +196,9 @@ def cli(ctx: click.Context, verbose: int) -> None:
     "--precision",
     type=click.Choice(["fp32", "fp16", "int8-binary"]),
     help="--target tensorrt: the engine's precision: fp32 (the default), fp16 (float32 guards "
-    "around normalizations, softmax, reductions) or int8-binary (binary layers as INT8 Q/DQ).",
+    "around normalizations, softmax, reductions) or int8-binary (binary layers as INT8 Q/DQ). "
+    "--target coreml: fp32 (the default) or fp16 (the same guards; in binary models only the "
+    "products of binary codes, which are exact).",
 )
 @_explain_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
@@ -282,9 +292,19 @@ def _explain_value(explain: str | None) -> bool | str:
 @click.option(
     "--device", metavar="HOST:PORT", help="Run it on this device (`edgec device serve`/`emulate`)."
 )
+@_compute_units_option()
 @click.option("--json", "as_json", is_flag=True)
-def verify(bundle: Path, tolerance: float | None, device: str | None, as_json: bool) -> None:
-    """Check a bundle's checksums and run its reference input against the stored output."""
+def verify(
+    bundle: Path,
+    tolerance: float | None,
+    device: str | None,
+    compute_units: str | None,
+    as_json: bool,
+) -> None:
+    """Check a bundle's checksums and run its reference input against the stored output.
+
+    A Core ML bundle runs in Core ML on macOS (on --compute-units), and elsewhere in edgec's
+    MIL evaluator, which checks its numerics op by op."""
     from edgec.core.errors import VerificationError
     from edgec.runtime import Bundle, load
 
@@ -297,7 +317,7 @@ def verify(bundle: Path, tolerance: float | None, device: str | None, as_json: b
             report = remote.verify(opened, tolerance=tolerance)
             where = f" on the {remote.info.describe()}"
     else:
-        report = load(bundle).verify(tolerance)
+        report = load(bundle, compute_units=compute_units).verify(tolerance)
     if as_json:
         render.print_json({"bundle": str(bundle), "device": device or "host", **report.to_json()})
     else:
@@ -408,6 +428,7 @@ def _output_files(folder: Path, names: list[str]) -> dict[str, Path]:
     metavar="HOST:PORT",
     help="Time it on this device; latency under emulation is labelled emulated.",
 )
+@_compute_units_option()
 @click.option("--json", "as_json", is_flag=True)
 def profile(
     bundle: Path,
@@ -417,9 +438,12 @@ def profile(
     per_op: bool,
     top: int,
     device: str | None,
+    compute_units: str | None,
     as_json: bool,
 ) -> None:
-    """Measure a bundle's latency on its reference input: cold start, percentiles, memory."""
+    """Measure a bundle's latency on its reference input: cold start, percentiles, memory.
+
+    A Core ML bundle is timed in Core ML, on macOS only (on --compute-units)."""
     from edgec.runtime import Bundle, load
     from edgec.runtime import profile as run_profile
 
@@ -432,7 +456,7 @@ def profile(
         with connect(device) as remote, render.err.status(f"profiling {runs} runs on {device}"):
             report = remote.profile(opened, runs=runs, warmup=warmup, threads=threads)
     else:
-        session = load(bundle)
+        session = load(bundle, compute_units=compute_units)
         with render.err.status(f"profiling {runs} runs", spinner="dots"):
             report = run_profile(session, runs=runs, warmup=warmup, threads=threads, per_op=per_op)
     if as_json:

@@ -312,6 +312,29 @@ def print_mobile(opts: dict[str, Any]) -> None:
     out.print(table)
 
 
+def print_coreml(opts: dict[str, Any]) -> None:
+    """A Core ML bundle: deployment target, precision, size, and what checked it."""
+    target = opts.get("deployment_target", {})
+    size = opts.get("size", {})
+    out.print(
+        f"  Core ML ML program for {target.get('iOS')} / {target.get('macOS')} "
+        f"(coremltools {opts.get('coremltools_version')}); precision {opts.get('precision')}: "
+        f"{opts.get('compute_precision')}"
+    )
+    if size:
+        line = (
+            f"  .mlpackage {size['mlpackage_bytes'] / 1e6:.1f} MB against "
+            f"{size['float_weight_bytes'] / 1e6:.1f} MB of float32 weights"
+        )
+        if size.get("binary_weights"):
+            line += (
+                f"; {fmt_count(size['binary_weights'])} binary weights at "
+                f"{size['binary_bits_per_weight']:g} bit each"
+            )
+        out.print(line)
+    out.print(f"  checked by {opts.get('checked_by')}")
+
+
 def print_inspect(info: dict[str, Any]) -> None:
     head = info.get("bundle", info.get("source"))
     out.print(f"[bold]{head}[/]")
@@ -334,6 +357,8 @@ def print_inspect(info: dict[str, Any]) -> None:
             print_mobile(opts)
         if info["backend"] == "tensorrt":
             print_tensorrt(opts)
+        if info["backend"] == "coreml":
+            print_coreml(opts)
         if info["selection"]:
             print_selection(info["selection"], detailed=False)
     for role in ("inputs", "outputs"):

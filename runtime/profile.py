@@ -139,7 +139,13 @@ def profile(
     feeds = session.feeds(feeds)
 
     start = time.perf_counter()
-    runner = make_runner(session.bundle, threads)
+    runner = make_runner(session.bundle, threads, compute_units=session.compute_units)
+    if not getattr(runner, "measures_latency", True):
+        raise OptionError(
+            f"bundle '{session.bundle.path}' runs in Core ML, which times it on macOS only; "
+            "here edgec's MIL evaluator checks its numerics (`edgec verify`) but is no measure "
+            "of its latency"
+        )
     runner.run(feeds)
     cold_ms = (time.perf_counter() - start) * 1e3
 
