@@ -358,15 +358,12 @@ def _pool(kind: str) -> Impl:
         strides = _list(a.get("strides", [1] * k))
         spatial = x.shape[2:]
         pads = _pads(a, spatial, tuple(kernel), strides, [1] * k)
-        ceil = bool(a.get("ceil_mode", False))
-        out_sp, extra = [], []
-        for n, kk, s, (b, e) in zip(spatial, kernel, strides, pads, strict=True):
-            span = n + b + e - kk
-            m = (-(-span // s) if ceil else span // s) + 1
-            if ceil and (m - 1) * s >= n + b:  # a window must start inside the input or pad
-                m -= 1
-            out_sp.append(m)
-            extra.append(max((m - 1) * s + kk - (n + b + e), 0))
+        # the output size is Core ML's, as the program declares it (ceil_mode's last window)
+        out_sp = list(op.outputs[0][2][2:])
+        extra = [
+            max((m - 1) * s + kk - (n + b + e), 0)
+            for m, n, kk, s, (b, e) in zip(out_sp, spatial, kernel, strides, pads, strict=True)
+        ]
         fill = -np.inf if kind == "max" else 0.0
         full = [(b, e + x_) for (b, e), x_ in zip(pads, extra, strict=True)]
         xp = np.pad(x, [(0, 0), (0, 0), *full], constant_values=fill)
@@ -576,6 +573,14 @@ def _pixel_shuffle(a: Args, op: Op) -> np.ndarray:
     return y.reshape(n, c // (b * b), h * b, w * b)
 
 
+def _pixel_unshuffle(a: Args, op: Op) -> np.ndarray:
+    x = np.asarray(a["x"])
+    b = int(a["downscale_factor"])
+    n, c, h, w = x.shape
+    y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 1, 3, 5, 2, 4)
+    return y.reshape(n, c * b * b, h // b, w // b)
+
+
 def _space_to_depth(a: Args, op: Op) -> np.ndarray:
     x = np.asarray(a["x"])
     b = int(a["block_size"])
@@ -663,6 +668,7 @@ OPS: dict[str, Impl] = {
     "depth_to_space": _depth_to_space,
     "space_to_depth": _space_to_depth,
     "pixel_shuffle": _pixel_shuffle,
+    "pixel_unshuffle": _pixel_unshuffle,
     "const": _const,
     "constexpr_lut_to_dense": _lut_to_dense,
 }

@@ -34,6 +34,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgec.core.binary_ops import DOMAIN as EDGEC_DOMAIN
+from edgec.core.binary_ops import has_binary_ops
 from edgec.core.errors import OptionError, UnsupportedOpError
 from edgec.core.irutil import copy_model, static_problem
 from edgec.passes import lower_attention
@@ -133,7 +134,7 @@ class CoremlTarget:
         model = lowered_ir if attention else copy_model(model)  # the IR is shared
         InferShapes()(model)
         lowered = lower(model)
-        binary = any(n.domain == EDGEC_DOMAIN for n in model.graph)
+        binary = has_binary_ops(model)  # the attention op kept for SDPA is not one
         compute = (
             ct.precision.FLOAT32
             if precision == "fp32"

@@ -47,9 +47,12 @@ def unsupported(model: ir.Model) -> list[str]:
         if rule_for(node) is None:
             domain = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
             found.append(f"'{domain}{node.op_type}' (node '{node.name}')")
-    for value in model.graph.inputs:
-        if value.dtype not in MIL_TYPES:
-            found.append(f"input '{value.name}' of type {value.dtype}")
+    for role, values in (("input", model.graph.inputs), ("output", model.graph.outputs)):
+        for value in values:
+            if not isinstance(value.type, ir.TensorType) or value.dtype not in MIL_TYPES:
+                found.append(f"{role} '{value.name}' of type {value.type}")
+            elif role == "input" and value.shape is not None and len(value.shape) == 0:
+                found.append(f"input '{value.name}', a scalar (Core ML inputs have rank 1 to 5)")
     return found
 
 
@@ -93,7 +96,9 @@ def lower(model: ir.Model) -> Lowered:
                 results = rule(ctx, node)
             except UnsupportedOpError:
                 raise
-            except (ValueError, TypeError, NotImplementedError) as e:  # the builder's checks
+            # coremltools' builder checks each op as it is added; its type inference raises
+            # more than ValueError on inputs it does not take
+            except (ValueError, TypeError, NotImplementedError, IndexError, AssertionError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise UnsupportedOpError(
                     f"Core ML cannot build {node.op_type} node '{node.name}': {first}"

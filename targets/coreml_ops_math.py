@@ -21,6 +21,7 @@ from edgec.targets.coreml_context import (
     rank_axis,
     unary,
 )
+from edgec.targets.coreml_ops_shape import broadcast_to
 
 UNARY = {
     "Relu": "relu",
@@ -34,7 +35,6 @@ UNARY = {
     "Floor": "floor",
     "Ceil": "ceil",
     "Erf": "erf",
-    "Reciprocal": "inverse",
     "Softplus": "softplus",
     "Sin": "sin",
     "Cos": "cos",
@@ -92,6 +92,11 @@ def _variadic(op: str) -> Rule:
         return [acc]
 
     return rule
+
+
+def _reciprocal(ctx: Context, node: ir.Node) -> list[Mil]:
+    # MIL's inverse adds an epsilon (1e-4 by default) to x: ONNX's Reciprocal adds none
+    return [mb.inverse(x=ctx.x(node.inputs[0]), epsilon=np.float32(0.0), name=name_of(node))]
 
 
 def _neg(ctx: Context, node: ir.Node) -> list[Mil]:
@@ -165,6 +170,10 @@ def _clip(ctx: Context, node: ir.Node) -> list[Mil]:
 
 def _where(ctx: Context, node: ir.Node) -> list[Mil]:
     c, a, b = (ctx.x(v) for v in node.inputs[:3])
+    sa, sb = ctx.shape(node.inputs[1]), ctx.shape(node.inputs[2])
+    out = ctx.shape(node.outputs[0])
+    if np.broadcast_shapes(sa, sb) != out:  # MIL's select takes its shape from a and b only
+        a = broadcast_to(a, sa, out, f"{name_of(node)}_a")
     return [mb.select(cond=c, a=a, b=b, name=name_of(node))]
 
 
@@ -237,6 +246,7 @@ RULES: dict[str, Rule] = {
     "Min": _variadic("minimum"),
     "Sum": _variadic("add"),
     "Neg": _neg,
+    "Reciprocal": _reciprocal,
     "Gelu": _gelu,
     "LeakyRelu": _alpha("leaky_relu", 0.01),
     "Elu": _alpha("elu", 1.0),

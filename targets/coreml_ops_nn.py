@@ -12,6 +12,7 @@ from coremltools.converters.mil.mil import Builder as mb
 
 from edgec.core.errors import UnsupportedOpError
 from edgec.targets.coreml_context import Context, Mil, Rule, ints, name_of, rank_axis
+from edgec.targets.coreml_ops_shape import shape_inputs_constant
 
 AUTO_PAD = {"SAME_UPPER": "same", "SAME_LOWER": "same_lower", "VALID": "valid"}
 
@@ -71,7 +72,16 @@ def _conv_transpose(ctx: Context, node: ir.Node) -> list[Mil]:
 
 def _matmul(ctx: Context, node: ir.Node) -> list[Mil]:
     a, b = ctx.x(node.inputs[0]), ctx.x(node.inputs[1])
-    return [mb.matmul(x=a, y=b, name=name_of(node))]
+    ra, rb = len(ctx.shape(node.inputs[0])), len(ctx.shape(node.inputs[1]))
+    if ra > 1 and rb > 1:
+        return [mb.matmul(x=a, y=b, name=name_of(node))]
+    # a vector operand as numpy does it: a row (first) or a column (second), dropped after
+    if ra == 1:
+        a = mb.expand_dims(x=a, axes=[0])
+    if rb == 1:
+        b = mb.expand_dims(x=b, axes=[-1])
+    out = np.asarray(ctx.shape(node.outputs[0]), np.int32)
+    return [mb.reshape(x=mb.matmul(x=a, y=b), shape=out, name=name_of(node))]
 
 
 def _gemm(ctx: Context, node: ir.Node) -> list[Mil]:
@@ -177,7 +187,13 @@ def _pool(op: str) -> Rule:
             kwargs["exclude_padding_from_average"] = not node.attributes.get_int(
                 "count_include_pad", 0
             )
-        return [getattr(mb, op)(x=ctx.x(node.inputs[0]), name=name_of(node), **kwargs)]
+        y = getattr(mb, op)(x=ctx.x(node.inputs[0]), name=name_of(node), **kwargs)
+        if tuple(y.shape) != ctx.shape(node.outputs[0]):  # ceil_mode: the last window
+            raise UnsupportedOpError(
+                f"{node.op_type} node '{node.name}': Core ML's output size {tuple(y.shape)} "
+                f"differs from ONNX's {ctx.shape(node.outputs[0])} (ceil_mode's last window)"
+            )
+        return [y]
 
     return rule
 
@@ -206,8 +222,16 @@ def _resize(ctx: Context, node: ir.Node) -> list[Mil]:
     what = f"Resize node '{node.name}' ({mode}, {transform})"
     if len(shape) != 4 or shape[:2] != out[:2]:
         raise UnsupportedOpError(f"{what} resizes other axes than the last two of a 4-D tensor")
+    shape_inputs_constant(ctx, node)
     if node.attributes.get_int("antialias", 0):
         raise UnsupportedOpError(f"{what} antialiases")
+    scales = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    if (
+        scales is not None
+        and scales.size
+        and any(float(f) * n != o for f, n, o in zip(scales.reshape(-1), shape, out, strict=True))
+    ):  # ONNX maps coordinates with the scale given, Core ML with output / input size
+        raise UnsupportedOpError(f"{what}: a scale that is not output size / input size")
     x, name = ctx.x(node.inputs[0]), name_of(node)
     if mode == "nearest":
         nearest = node.attributes.get_string("nearest_mode", "round_prefer_floor")

@@ -24,7 +24,20 @@ from edgec.targets.coreml_context import (
 INT32_MAX = np.iinfo(np.int32).max
 
 
+def shape_inputs_constant(ctx: Context, node: ir.Node, first: int = 1) -> None:
+    """A Core ML program's shapes are fixed: inputs that decide the output's shape (Reshape's
+    shape, Unsqueeze's axes, Expand's shape, Split's sizes, Resize's scales) must be
+    constants, not values computed or fed at run time."""
+    for i, value in enumerate(node.inputs[first:], first):
+        if value is not None and value.name and ctx.const(value) is None:
+            raise UnsupportedOpError(
+                f"{node.op_type} node '{node.name}' takes input {i} ('{value.name}'), which "
+                "decides its output shape, at run time; Core ML programs have fixed shapes"
+            )
+
+
 def _reshape_to_output(ctx: Context, node: ir.Node) -> list[Mil]:
+    shape_inputs_constant(ctx, node)
     out = ctx.shape(node.outputs[0])
     x = ctx.x(node.inputs[0])
     return [mb.reshape(x=x, shape=np.asarray(out, np.int32), name=name_of(node))]
@@ -126,6 +139,7 @@ def _concat(ctx: Context, node: ir.Node) -> list[Mil]:
 
 
 def _split(ctx: Context, node: ir.Node) -> list[Mil]:
+    shape_inputs_constant(ctx, node)
     rank = len(ctx.shape(node.inputs[0]))
     axis = rank_axis(node.attributes.get_int("axis", 0), rank)
     sizes = [ctx.shape(o)[axis] for o in node.outputs]
@@ -136,16 +150,23 @@ def _split(ctx: Context, node: ir.Node) -> list[Mil]:
     return list(parts)
 
 
-def _expand(ctx: Context, node: ir.Node) -> list[Mil]:
-    shape, out = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
-    x = ctx.x(node.inputs[0])
+def broadcast_to(x: Mil, shape: tuple[int, ...], out: tuple[int, ...], name: str) -> Mil:
+    """x (of `shape`) broadcast to `out`: a reshape to its rank, then a tile."""
+    if isinstance(x, np.ndarray):
+        return mb.const(val=np.ascontiguousarray(np.broadcast_to(x, out)), name=name)
     padded = (1,) * (len(out) - len(shape)) + shape
     if padded != shape:
         x = mb.reshape(x=x, shape=np.asarray(padded, np.int32))
     reps = [o // s if s != o else 1 for s, o in zip(padded, out, strict=True)]
     if all(r == 1 for r in reps):
-        return [mb.identity(x=x, name=name_of(node))]
-    return [mb.tile(x=x, reps=np.asarray(reps, np.int32), name=name_of(node))]
+        return mb.identity(x=x, name=name)
+    return mb.tile(x=x, reps=np.asarray(reps, np.int32), name=name)
+
+
+def _expand(ctx: Context, node: ir.Node) -> list[Mil]:
+    shape_inputs_constant(ctx, node)
+    shape, out = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
+    return [broadcast_to(ctx.x(node.inputs[0]), shape, out, name_of(node))]
 
 
 def _tile(ctx: Context, node: ir.Node) -> list[Mil]:
@@ -173,11 +194,17 @@ def _constant(ctx: Context, node: ir.Node) -> list[Mil]:
 
 
 def _depth_to_space(ctx: Context, node: ir.Node) -> list[Mil]:
+    """DCR mode is MIL's depth_to_space / space_to_depth; CRD is pixel_(un)shuffle."""
     block = node.attributes.get_int("blocksize", 1)
-    if node.attributes.get_string("mode", "DCR") != "DCR" and node.op_type == "DepthToSpace":
-        return [mb.pixel_shuffle(x=ctx.x(node.inputs[0]), upscale_factor=block, name=name_of(node))]
-    op = mb.depth_to_space if node.op_type == "DepthToSpace" else mb.space_to_depth
-    return [op(x=ctx.x(node.inputs[0]), block_size=block, name=name_of(node))]
+    x, name = ctx.x(node.inputs[0]), name_of(node)
+    crd = node.attributes.get_string("mode", "DCR") == "CRD"
+    if node.op_type == "DepthToSpace":
+        if crd:
+            return [mb.pixel_shuffle(x=x, upscale_factor=block, name=name)]
+        return [mb.depth_to_space(x=x, block_size=block, name=name)]
+    if crd:
+        return [mb.pixel_unshuffle(x=x, downscale_factor=np.uint32(block), name=name)]
+    return [mb.space_to_depth(x=x, block_size=block, name=name)]
 
 
 RULES: dict[str, Rule] = {
