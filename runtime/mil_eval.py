@@ -47,8 +47,8 @@ def _list(x: Any) -> list[int]:
 UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": lambda x: np.maximum(x, F32(0)),
     "relu6": lambda x: np.clip(x, F32(0), F32(6)),
-    "sigmoid": lambda x: F32(1) / (F32(1) + np.exp(-x)),
-    "silu": lambda x: x / (F32(1) + np.exp(-x)),
+    "sigmoid": special.expit,  # without exp's overflow for large -x
+    "silu": lambda x: x * special.expit(x),
     "tanh": np.tanh,
     "exp": np.exp,
     "exp2": np.exp2,
@@ -116,7 +116,7 @@ def _gelu(a: Args, op: Op) -> np.ndarray:
         inner = F32(math.sqrt(2 / math.pi)) * (x + F32(0.044715) * x**3)
         return F32(0.5) * x * (F32(1) + np.tanh(inner))
     if mode == "SIGMOID_APPROXIMATION":
-        return x / (F32(1) + np.exp(F32(-1.702) * x))
+        return x * special.expit(F32(1.702) * x)
     return F32(0.5) * x * (F32(1) + special.erf(x / F32(math.sqrt(2))).astype(F32))
 
 

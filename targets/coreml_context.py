@@ -116,11 +116,15 @@ class Context:
 
     def shape(self, value: ir.Value | None) -> tuple[int, ...]:
         """The value's static shape (every compile for coreml has static shapes)."""
-        if value is None or value.shape is None:
-            raise UnsupportedOpError(f"value '{getattr(value, 'name', '')}' has no known shape")
-        dims = tuple(value.shape.dims)
-        if not all(isinstance(d, int) for d in dims):
-            raise UnsupportedOpError(f"value '{value.name}' has a size not fixed at compile time")
+        dims = tuple(value.shape.dims) if value is not None and value.shape is not None else None
+        if dims is None or not all(isinstance(d, int) for d in dims):
+            name = getattr(value, "name", "")
+            node = value.producer() if value is not None else None
+            by = f" ({node.op_type} node '{node.name}')" if node is not None else ""
+            raise UnsupportedOpError(
+                f"value '{name}'{by} has no size fixed at compile time; Core ML programs have "
+                "fixed shapes"
+            )
         return dims  # type: ignore[return-value]
 
     def dtype(self, value: ir.Value) -> ir.DataType | None:

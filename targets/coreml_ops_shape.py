@@ -16,6 +16,7 @@ from edgec.targets.coreml_context import (
     Context,
     Mil,
     Rule,
+    as_mil_array,
     ints,
     name_of,
     rank_axis,
@@ -24,16 +25,43 @@ from edgec.targets.coreml_context import (
 INT32_MAX = np.iinfo(np.int32).max
 
 
+SHAPE_ONLY = ("Shape", "Size")  # ops whose result depends on shapes only, not on values
+
+
+def fed_from(value: ir.Value) -> str | None:
+    """The graph input whose values reach `value` (not only its shape, through Shape or
+    Size), or None: a value computed from constants and fixed shapes only."""
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if id(v) in seen or v.const_value is not None:
+            continue
+        seen.add(id(v))
+        node = v.producer()
+        if node is None:
+            return v.name
+        if node.op_type not in SHAPE_ONLY:
+            stack.extend(i for i in node.inputs if i is not None)
+    return None
+
+
 def shape_inputs_constant(ctx: Context, node: ir.Node, first: int = 1) -> None:
     """A Core ML program's shapes are fixed: inputs that decide the output's shape (Reshape's
     shape, Unsqueeze's axes, Expand's shape, Split's sizes, Resize's scales) must be
-    constants, not values computed or fed at run time."""
+    constants, or computed from fixed shapes only (the IR's inferred output shape then
+    stands), never fed at run time."""
     for i, value in enumerate(node.inputs[first:], first):
-        if value is not None and value.name and ctx.const(value) is None:
+        if value is None or not value.name or ctx.const(value) is not None:
+            continue
+        source = fed_from(value)
+        if source is not None:
             raise UnsupportedOpError(
                 f"{node.op_type} node '{node.name}' takes input {i} ('{value.name}'), which "
-                "decides its output shape, at run time; Core ML programs have fixed shapes"
+                f"decides its output shape, from the values of input '{source}'; Core ML "
+                "programs have fixed shapes"
             )
+        ctx.shape(node.outputs[0])  # fixed shapes only: a size not inferred is refused
 
 
 def _reshape_to_output(ctx: Context, node: ir.Node) -> list[Mil]:
@@ -186,6 +214,15 @@ def _static_value(ctx: Context, node: ir.Node) -> list[Mil]:
     return [mb.const(val=value, name=name_of(node))]
 
 
+def _constant_of_shape(ctx: Context, node: ir.Node) -> list[Mil]:
+    shape_inputs_constant(ctx, node, first=0)
+    out = ctx.shape(node.outputs[0])
+    attr = node.attributes.get("value")
+    fill = attr.as_tensor().numpy().reshape(-1)[0] if attr is not None else np.float32(0.0)
+    value = np.full(out, fill, dtype=fill.dtype)
+    return [as_mil_array(value, f"ConstantOfShape node '{node.name}'")]
+
+
 def _constant(ctx: Context, node: ir.Node) -> list[Mil]:
     const = ctx.const(node.outputs[0])
     if const is None:
@@ -224,6 +261,7 @@ RULES: dict[str, Rule] = {
     "Shape": _static_value,
     "Size": _static_value,
     "Constant": _constant,
+    "ConstantOfShape": _constant_of_shape,
     "DepthToSpace": _depth_to_space,
     "SpaceToDepth": _depth_to_space,
 }

@@ -1,5 +1,6 @@
 """Real trained models from PyPI packages compile for `cpu` and verify (see `models`); they
-compile for `mobile` and `tensorrt` too, or are refused in one line (TensorRT: dynamic shapes)."""
+compile for `mobile`, `tensorrt` and `coreml` too, or are refused in one line (TensorRT and
+Core ML: sizes not fixed at compile time)."""
 
 from __future__ import annotations
 
@@ -33,24 +34,33 @@ def test_compiles_and_verifies(model: RealModel, tmp_path):
     assert path.read_bytes() == before  # the user's file is never modified
 
 
-@pytest.mark.parametrize("target", ["mobile", "tensorrt"])
+@pytest.mark.parametrize("target", ["mobile", "tensorrt", "coreml"])
 @pytest.mark.parametrize("model", MODELS, ids=[m.name for m in MODELS])
-def test_compiles_for_mobile_and_tensorrt(model: RealModel, target: str, tmp_path):
+def test_compiles_for_mobile_tensorrt_and_coreml(model: RealModel, target: str, tmp_path):
     path = fetch(model)
     kwargs = {
         "input_shapes": model.input_shapes or None,
         "inputs": model.inputs() if model.inputs else None,
     }
-    if target == "tensorrt" and not model.input_shapes:  # silero: sizes fixed only at run time
+    if target in ("tensorrt", "coreml") and not model.input_shapes:  # silero: run-time sizes
         with pytest.raises(EdgecError, match=r"static shapes: input 'input' is \S+x\S+") as e:
             edgec.compile(path, target=target, output=tmp_path / "b", **kwargs)
         assert e.value.exit_code == 2 and "None" not in str(e.value)
+        return
+    if target == "coreml" and model.name == "ppocr_v4_rec":  # a Reshape to run-time sizes
+        with pytest.raises(EdgecError, match=r"no size fixed at compile time") as e:
+            edgec.compile(path, target=target, output=tmp_path / "b", **kwargs)
+        assert e.value.exit_code == 2 and not (tmp_path / "b").exists()
         return
     bundle = edgec.compile(path, target=target, output=tmp_path / "b", **kwargs)
     reference = bundle.manifest.reference
     assert reference["max_rel_error"] <= reference["tolerance"]
     options = bundle.manifest.backend_options
-    if target == "mobile":
+    if target == "coreml":
+        assert (bundle.path / "model.mlpackage").is_dir()
+        assert options["deployment_target"]["iOS"] in ("iOS17", "iOS18")
+        assert edgec.load(bundle.path).verify().ok  # the evaluator, from the saved package
+    elif target == "mobile":
         assert (bundle.path / "model.ort").is_file()
         assert all(r.get("checked", True) for r in options["partitions"].values())
     else:

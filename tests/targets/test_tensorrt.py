@@ -175,7 +175,7 @@ def test_small_model_bundle_and_its_runtime_error_here(
     r = cli("verify", str(tmp_path / "t"))  # no TensorRT, no GPU: one line, exit 2
     assert r.code == 2 and "TensorRT" in r.err and len(r.err.strip().splitlines()) == 1
     r = cli("compile", str(onnx_file), "-o", str(tmp_path / "x"), "--precision", "fp16")
-    assert r.code == 2 and "--target tensorrt only" in r.err
+    assert r.code == 2 and "--target tensorrt and coreml only" in r.err
 
 
 def test_targets_lists_tensorrt_with_what_is_not_verified(cli) -> None:
