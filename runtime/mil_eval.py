@@ -557,36 +557,39 @@ def _resize_bilinear(a: Args, op: Op) -> np.ndarray:
     return _bilinear_axis(y, x.ndim - 1, out[-1], mode)
 
 
-def _depth_to_space(a: Args, op: Op) -> np.ndarray:
-    x = np.asarray(a["x"])
-    b = int(a["block_size"])
+def _depth_to_blocks(x: np.ndarray, b: int, channels_first: bool) -> np.ndarray:
+    """[N, C, H, W] -> [N, C / b^2, H b, W b]: the channel read as (c, i, j) with
+    `channels_first` (CRD, pixel_shuffle), else as (i, j, c) (DCR, depth_to_space)."""
     n, c, h, w = x.shape
-    y = x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
+    if channels_first:
+        y = x.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
+    else:
+        y = x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
     return y.reshape(n, c // (b * b), h * b, w * b)
+
+
+def _blocks_to_depth(x: np.ndarray, b: int, channels_first: bool) -> np.ndarray:
+    """The inverse of `_depth_to_blocks`."""
+    n, c, h, w = x.shape
+    y = x.reshape(n, c, h // b, b, w // b, b)
+    y = y.transpose(0, 1, 3, 5, 2, 4) if channels_first else y.transpose(0, 3, 5, 1, 2, 4)
+    return y.reshape(n, c * b * b, h // b, w // b)
+
+
+def _depth_to_space(a: Args, op: Op) -> np.ndarray:
+    return _depth_to_blocks(np.asarray(a["x"]), int(a["block_size"]), channels_first=False)
 
 
 def _pixel_shuffle(a: Args, op: Op) -> np.ndarray:
-    x = np.asarray(a["x"])
-    b = int(a["upscale_factor"])
-    n, c, h, w = x.shape
-    y = x.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
-    return y.reshape(n, c // (b * b), h * b, w * b)
+    return _depth_to_blocks(np.asarray(a["x"]), int(a["upscale_factor"]), channels_first=True)
 
 
 def _pixel_unshuffle(a: Args, op: Op) -> np.ndarray:
-    x = np.asarray(a["x"])
-    b = int(a["downscale_factor"])
-    n, c, h, w = x.shape
-    y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 1, 3, 5, 2, 4)
-    return y.reshape(n, c * b * b, h // b, w // b)
+    return _blocks_to_depth(np.asarray(a["x"]), int(a["downscale_factor"]), channels_first=True)
 
 
 def _space_to_depth(a: Args, op: Op) -> np.ndarray:
-    x = np.asarray(a["x"])
-    b = int(a["block_size"])
-    n, c, h, w = x.shape
-    y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
-    return y.reshape(n, c * b * b, h // b, w // b)
+    return _blocks_to_depth(np.asarray(a["x"]), int(a["block_size"]), channels_first=False)
 
 
 # --- constants ---------------------------------------------------------------------------------

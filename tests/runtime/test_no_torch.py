@@ -7,7 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-SCRIPT = """
+# a script's first lines: torch and the compiler's parts cannot be imported after them
+BLOCK_COMPILER = """
 import sys
 
 class Block:
@@ -19,6 +20,10 @@ class Block:
         return None
 
 sys.meta_path.insert(0, Block())
+"""
+SCRIPT = (
+    BLOCK_COMPILER
+    + """
 
 import edgec
 from edgec.runtime import load, profile
@@ -32,6 +37,7 @@ loaded = [m for m in sys.modules if m.split(".")[0] in ("torch", "onnx_ir", "onn
 assert not loaded, loaded
 print("ok", report.max_error)
 """
+)
 
 
 def test_runtime_without_torch(tiny_bundle: Path) -> None:

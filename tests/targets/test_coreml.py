@@ -30,6 +30,7 @@ from edgec.targets import CompileOptions
 from edgec.targets.coreml import CoremlTarget
 from edgec.targets.coreml_precision import FP32_GUARDS
 from tests.conftest import tree_digest
+from tests.runtime.test_no_torch import BLOCK_COMPILER
 
 FP16_BOUND = 1e-2  # the fp16 bound the seed models are held to (measured: at most 3.6e-3)
 MODELS = [
@@ -248,24 +249,16 @@ def test_int_division_is_refused_not_floored(tmp_path: Path) -> None:
         edgec.compile(str(tmp_path / "d.onnx"), target="coreml", output=tmp_path / "o")
 
 
-NO_TORCH = """
-import sys
-
-class Block:
-    BLOCKED = ("torch", "onnx_ir", "onnxscript", "tvm", "edgec.frontend", "edgec.passes",
-               "edgec.targets", "edgec.models", "edgec.api")
-    def find_spec(self, name, path=None, target=None):
-        if any(name == b or name.startswith(b + ".") for b in self.BLOCKED):
-            raise ImportError(f"blocked: {name}")
-        return None
-
-sys.meta_path.insert(0, Block())
+NO_TORCH = (
+    BLOCK_COMPILER
+    + """
 from edgec.runtime import load
 report = load(sys.argv[1]).verify()
 assert report.ok, report
 assert not [m for m in sys.modules if m.split(".")[0] == "torch"]
 print("ok", report.max_error)
 """
+)
 
 
 @pytest.mark.slow
