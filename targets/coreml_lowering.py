@@ -19,6 +19,7 @@ from coremltools.converters.mil.mil import Function, Program
 from edgec.core.binary_ops import ATTENTION
 from edgec.core.binary_ops import DOMAIN as EDGEC_DOMAIN
 from edgec.core.errors import UnsupportedOpError
+from edgec.core.irutil import graph_inputs
 from edgec.targets import coreml_ops_edgec, coreml_ops_math, coreml_ops_nn, coreml_ops_shape
 from edgec.targets.coreml_context import MIL_TYPES, Context, Rule, mil_name
 
@@ -47,7 +48,7 @@ def unsupported(model: ir.Model) -> list[str]:
         if rule_for(node) is None:
             domain = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
             found.append(f"'{domain}{node.op_type}' (node '{node.name}')")
-    for role, values in (("input", model.graph.inputs), ("output", model.graph.outputs)):
+    for role, values in (("input", graph_inputs(model)), ("output", model.graph.outputs)):
         for value in values:
             if not isinstance(value.type, ir.TensorType) or value.dtype not in MIL_TYPES:
                 found.append(f"{role} '{value.name}' of type {value.type}")
@@ -80,14 +81,16 @@ def lower(model: ir.Model) -> Lowered:
         raise UnsupportedOpError(f"Core ML has no lowering for {found[0]}{more}")
     opset = deployment_opset(model)
     ctx = Context(opset)
-    names = {v.name: mil_name(v.name) for v in model.graph.inputs}
+    # inputs with an initializer (IR < 4 defaults) are the constants the bundle runs with
+    fed = graph_inputs(model)
+    names = {v.name: mil_name(v.name) for v in fed}
     specs = {}
-    for value in model.graph.inputs:
+    for value in fed:
         shape = ctx.shape(value)
         specs[names[value.name]] = mb.placeholder(shape=shape, dtype=MIL_TYPES[value.dtype])
     outputs: dict[str, str] = {}
     with Function(specs, opset_version=target_of(opset)) as func:
-        for value in model.graph.inputs:
+        for value in fed:
             ctx.bind(value, func.inputs[names[value.name]])
         for node in model.graph:
             rule = rule_for(node)

@@ -115,28 +115,59 @@ def _gemm(ctx: Context, node: ir.Node) -> list[Mil]:
 
 
 def _layer_norm(ctx: Context, node: ir.Node) -> list[Mil]:
+    """MIL's layer_norm, with the scale and bias folded in when they are constants of the
+    normalized shape, else applied after it (run-time or broadcast ones)."""
     shape = ctx.shape(node.inputs[0])
     axis = rank_axis(node.attributes.get_int("axis", -1), len(shape))
     eps = node.attributes.get_float("epsilon", 1e-5)
     norm_shape = shape[axis:]
-    gamma = ctx.need_const(node, 1, "the scale")
-    beta = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
-    if len(node.inputs) > 2 and node.inputs[2] is not None and beta is None:
-        raise UnsupportedOpError(f"LayerNormalization node '{node.name}' has a run-time bias")
     if len(node.outputs) > 1 and any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
-        raise UnsupportedOpError(f"LayerNormalization node '{node.name}' has its statistics used")
-    gamma = np.broadcast_to(gamma, norm_shape).astype(np.float32)
-    beta = np.zeros(norm_shape, np.float32) if beta is None else np.broadcast_to(beta, norm_shape)
-    return [
-        mb.layer_norm(
-            x=ctx.x(node.inputs[0]),
-            axes=list(range(axis, len(shape))),
-            gamma=gamma,
-            beta=beta.astype(np.float32),
-            epsilon=eps,
-            name=name_of(node),
+        return _layer_norm_with_statistics(ctx, node, axis, eps)
+    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+    gamma = ctx.const(node.inputs[1])
+    beta = ctx.const(node.inputs[2]) if has_bias else np.zeros(norm_shape, np.float32)
+    axes = list(range(axis, len(shape)))
+    x = ctx.x(node.inputs[0])
+    folded = all(
+        c is not None and np.broadcast_shapes(c.shape, norm_shape) == norm_shape
+        for c in (gamma, beta)
+    )
+    if folded:
+        return [
+            mb.layer_norm(
+                x=x,
+                axes=axes,
+                gamma=np.broadcast_to(gamma, norm_shape).astype(np.float32),
+                beta=np.broadcast_to(beta, norm_shape).astype(np.float32),
+                epsilon=eps,
+                name=name_of(node),
+            )
+        ]
+    y = mb.mul(x=mb.layer_norm(x=x, axes=axes, epsilon=eps), y=ctx.x(node.inputs[1]))
+    if not has_bias:
+        return [mb.identity(x=y, name=name_of(node))]
+    return [mb.add(x=y, y=ctx.x(node.inputs[2]), name=name_of(node))]
+
+
+def _layer_norm_with_statistics(ctx: Context, node: ir.Node, axis: int, eps: float) -> list[Mil]:
+    """LayerNormalization whose Mean and InvStdDev outputs are read: computed as ONNX's
+    function body does, in the input's type (stash_type float32 on float32 inputs)."""
+    x_type = node.inputs[0].dtype
+    if x_type != ir.DataType.FLOAT and node.attributes.get_int("stash_type", 1) == 1:
+        raise UnsupportedOpError(
+            f"LayerNormalization node '{node.name}' keeps float32 statistics of {x_type} values"
         )
-    ]
+    x = ctx.x(node.inputs[0])
+    axes = list(range(axis, len(ctx.shape(node.inputs[0]))))
+    mean = mb.reduce_mean(x=x, axes=axes, keep_dims=True)
+    centered = mb.sub(x=x, y=mean)
+    var = mb.reduce_mean(x=mb.mul(x=centered, y=centered), axes=axes, keep_dims=True)
+    inv = mb.rsqrt(x=var, epsilon=np.float32(eps))  # 1 / sqrt(var + eps)
+    y = mb.mul(x=mb.mul(x=centered, y=inv), y=ctx.x(node.inputs[1]))
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        y = mb.add(x=y, y=ctx.x(node.inputs[2]))
+    named = [mb.identity(x=v, name=name_of(node, i)) for i, v in enumerate((y, mean, inv))]
+    return named[: len(node.outputs)]
 
 
 def _batch_norm(ctx: Context, node: ir.Node) -> list[Mil]:
