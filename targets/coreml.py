@@ -44,7 +44,6 @@ from edgec.targets.coreml_precision import compute_precision, fp16_selector
 
 PRECISIONS = ("fp32", "fp16")
 MODEL = "model.mlpackage"
-FP16_TOLERANCE = 2e-2  # the relative error an fp16 program may have against the float model
 BINARY_OPS = ("BinaryLinear", "BinaryGather")
 
 
@@ -151,7 +150,7 @@ class CoremlTarget:
                     compute_precision=compute,
                     skip_model_load=True,
                 )
-            except (ValueError, TypeError, NotImplementedError) as e:
+            except (ValueError, TypeError, NotImplementedError, IndexError, AssertionError) as e:
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise UnsupportedOpError(
                     f"coremltools cannot convert the program: {first}"

@@ -147,9 +147,16 @@ def run_case(case: Case, workdir: Path, target: str = "cpu") -> Outcome:
     return outcome
 
 
-def run_all(name_filter: str = "", limit: int = 0, target: str = "cpu") -> list[Outcome]:
+def run_all(
+    name_filter: str = "", limit: int = 0, target: str = "cpu", prefixes: tuple[str, ...] = ()
+) -> list[Outcome]:
+    """Every case whose name holds `name_filter` (and starts with one of `prefixes`, if any)."""
     logging.getLogger("edgec").setLevel(logging.ERROR)
-    cases = [c for c in all_cases() if name_filter in c.name]
+    cases = [
+        c
+        for c in all_cases()
+        if name_filter in c.name and (not prefixes or c.name.startswith(prefixes))
+    ]
     if limit:
         cases = cases[:limit]
     lint = tensorrt.lint
