@@ -93,21 +93,28 @@ class Context:
             raise UnsupportedOpError(f"value '{value.name}' is not computed yet") from None
 
     def const(self, value: ir.Value | None) -> np.ndarray | None:
-        """The value as a numpy array if it is a constant of the graph, else None."""
+        """The value as a numpy array in a type Core ML holds if it is a constant of the
+        graph, else None."""
+        raw = self.raw_const(value)
+        return None if raw is None else as_mil_array(raw, f"constant '{value.name}'")  # type: ignore[union-attr]
+
+    def raw_const(self, value: ir.Value | None) -> np.ndarray | None:
+        """The constant as ONNX holds it (int64 kept: Slice's ends may be INT64_MAX)."""
         if value is None:
             return None
         if value.const_value is not None:
-            return as_mil_array(value.const_value.numpy(), f"constant '{value.name}'")
+            return value.const_value.numpy()
         node = value.producer()
         if node is not None and node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             for key, read in CONSTANT_ATTRS.items():
                 attr = node.attributes.get(key)
                 if attr is not None:
-                    return as_mil_array(read(attr), f"Constant node '{node.name}'")
+                    return read(attr)
         return None
 
-    def need_const(self, node: ir.Node, index: int, what: str) -> np.ndarray:
-        const = self.const(node.inputs[index] if index < len(node.inputs) else None)
+    def need_const(self, node: ir.Node, index: int, what: str, raw: bool = False) -> np.ndarray:
+        value = node.inputs[index] if index < len(node.inputs) else None
+        const = self.raw_const(value) if raw else self.const(value)
         if const is None:
             raise UnsupportedOpError(
                 f"{node.op_type} node '{node.name}' needs {what} as a constant for Core ML"

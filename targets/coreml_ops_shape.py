@@ -85,13 +85,15 @@ def _slice(ctx: Context, node: ir.Node) -> list[Mil]:
         axes = ints(node, "axes", list(range(len(starts)))) or []
         steps = [1] * len(starts)
     else:
-        starts = [int(v) for v in ctx.need_const(node, 1, "the starts")]
-        ends = [int(v) for v in ctx.need_const(node, 2, "the ends")]
+        starts = [int(v) for v in ctx.need_const(node, 1, "the starts", raw=True)]
+        ends = [int(v) for v in ctx.need_const(node, 2, "the ends", raw=True)]
         has_axes = len(node.inputs) > 3 and node.inputs[3] is not None
         has_steps = len(node.inputs) > 4 and node.inputs[4] is not None
-        axes = [int(v) for v in ctx.need_const(node, 3, "the axes")] if has_axes else []
+        axes = [int(v) for v in ctx.need_const(node, 3, "the axes", raw=True)] if has_axes else []
         axes = axes or list(range(len(starts)))
-        steps = [int(v) for v in ctx.need_const(node, 4, "the steps")] if has_steps else []
+        steps = (
+            [int(v) for v in ctx.need_const(node, 4, "the steps", raw=True)] if has_steps else []
+        )
         steps = steps or [1] * len(starts)
     begin, end, stride = [0] * rank, list(shape), [1] * rank
     begin_mask, end_mask = [True] * rank, [True] * rank
