@@ -134,9 +134,6 @@ class Context:
             )
         return dims  # type: ignore[return-value]
 
-    def dtype(self, value: ir.Value) -> ir.DataType | None:
-        return value.dtype
-
     def needs(self, op: str, opset: int) -> None:
         """Record that the program uses `op`, which exists from deployment target `opset`."""
         self.min_opset[op] = max(self.min_opset.get(op, 0), opset)

@@ -22,7 +22,6 @@ from edgec.targets.coreml_context import (
     rank_axis,
 )
 
-INT32_MAX = np.iinfo(np.int32).max
 
 
 SHAPE_ONLY = ("Shape", "Size")  # ops whose result depends on shapes only, not on values
