@@ -22,8 +22,6 @@ from edgec.targets.coreml_context import (
     rank_axis,
 )
 
-
-
 SHAPE_ONLY = ("Shape", "Size")  # ops whose result depends on shapes only, not on values
 
 
