@@ -7,6 +7,7 @@ session.run({"x": x}); session.verify()
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -22,6 +23,7 @@ from edgec import teacher_forcing
 from edgec.core.binary_ops import has_binary_ops
 from edgec.core.errors import OptionError, UnsupportedOpError
 from edgec.core.irutil import copy_model
+from edgec.core.op_map import OP_MAP_FILE, op_map
 from edgec.runtime.bundle import Bundle, Manifest, finalize_manifest, save_reference
 from edgec.runtime.bundle_check import BundleCheckError, accepted_tolerance, allowed, check_bundle
 from edgec.runtime.compare import default_tolerance
@@ -79,6 +81,7 @@ def compile(
     optimization_style: str | None = None,
     precision: str | None = None,
     explain: bool | str = False,
+    passes: bool = True,
     on_step: Callable[[str], None] | None = None,
 ) -> Bundle:
     """Compile `source` for `target` into a bundle folder; returns the bundle.
@@ -119,6 +122,8 @@ def compile(
       with binary layers only the products of binary codes are float16, exactly).
     explain: True, or the name of one pass: each pass report in the manifest (`passes`) also
       lists every rewrite that fired and every candidate left alone, with its nodes and why.
+    passes: False compiles the frontend's IR as it is (the `none` pipeline): no edgec
+      rewrites, the baseline `edgec compare` measures the passes against.
     """
     from edgec import frontend
     from edgec.core.graph_stats import graph_stats
@@ -180,7 +185,7 @@ def compile(
     if backend == "auto" and target == "cpu" and not binarize:
         source_graph = _default_export_form(prepared.model)
 
-    pipeline = candidates[0].pipeline
+    pipeline = candidates[0].pipeline if passes else "none"
     step(f"running the '{pipeline}' pipeline" + (" (verified)" if verify else ""))
     t0 = time.perf_counter()
     manager = PassManager(get_pipeline(pipeline), verify, tolerance, prepared.inputs, explain)
@@ -489,6 +494,9 @@ def _build(
     model = prepared.model if model is None else model
     artifacts = tgt.compile(model, options, folder)
     timings[f"target_{tgt.name}_s"] = time.perf_counter() - t0
+    source = artifacts.source_model if artifacts.source_model is not None else model
+    (folder / OP_MAP_FILE).write_text(json.dumps(op_map(source, artifacts.kernels)))
+    artifacts.files.setdefault("ops", OP_MAP_FILE)
     manifest = Manifest(
         target=tgt.name,
         backend=tgt.backend,

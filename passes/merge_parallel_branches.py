@@ -22,7 +22,15 @@ import numpy as np
 import onnx_ir as ir
 
 from edgec.core.irutil import initializer
-from edgec.passes._ir import as_f32, bypass, conv_params, drop_if_orphaned, is_op, only_consumer
+from edgec.passes._ir import (
+    as_f32,
+    bypass,
+    conv_params,
+    drop_if_orphaned,
+    is_op,
+    only_consumer,
+    record_provenance,
+)
 from edgec.passes.base import EdgecPass
 from edgec.passes.fold_batchnorm import bn_affine
 from edgec.passes.fold_channel_affine import affine_step
@@ -176,11 +184,13 @@ def _merge(add: ir.Node) -> bool | str:
             "group": groups,
             "dilations": [1, 1],
         },
-        name=f"{add.name}+merged",
+        name=f"{convs[0]['node'].name or add.name}+merged",
     )
     graph.insert_before(add, conv)
     conv.outputs[0].shape, conv.outputs[0].type = add.outputs[0].shape, add.outputs[0].type
     tree = _tree_nodes(add)
+    merged = [b["node"] for b in branches if b["node"] is not None] + tree[::-1] + [add]
+    record_provenance([conv], merged, "merge_branches")  # type: ignore[arg-type]
     if not bypass(add, conv.outputs[0]):
         graph.remove(conv, safe=True)
         return "the sum is a graph output that cannot be replaced"

@@ -22,6 +22,7 @@ import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchingTracer, MatchResult, MatchStatus
 from onnxscript.rewriter._rewrite_rule import RewriteRule, RewriteRuleClassBase, RewriteRuleSet
 
+from edgec.passes._ir import record_provenance
 from edgec.passes.base import Candidate, EdgecPass, candidate
 
 
@@ -104,6 +105,7 @@ def recorded_rule(
         if matched and replacement is not None:
             nodes = matched.pop()
             _name_like(op.nodes[first:], nodes)
+            record_provenance(op.nodes[first:], nodes, name)
             _unique(op.initializers[first_initializer:], graphs.pop())
             record(candidate(name, nodes, True))
         return replacement

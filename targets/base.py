@@ -45,7 +45,10 @@ class Artifacts:
     `check_backend` names the back end the driver checks the artifacts with when this host
     cannot run the target's own (a TensorRT bundle's ONNX, in onnxruntime), with
     `check_options`; None: its own. `check_hint` is added to a failed check's message (what
-    the user can do about it).
+    the user can do about it). `source_model` is the graph the artifacts were built from when
+    the target changed the one it was given (TVM lowers attention first), and `kernels` a TVM
+    library's kernels with their source nodes: the driver writes both into the bundle's op map
+    (`edgec.core.op_map`).
     """
 
     files: dict[str, str]
@@ -54,6 +57,8 @@ class Artifacts:
     check_backend: str | None = None
     check_options: dict[str, Any] = field(default_factory=dict)
     check_hint: str = ""
+    source_model: ir.Model | None = None
+    kernels: list[dict[str, Any]] | None = None
 
 
 class Target(Protocol):

@@ -34,6 +34,7 @@ from typing import Any
 from edgec.cache import cache_dir
 from edgec.core.errors import EdgecError, OptionError
 from edgec.targets.base import CompileOptions
+from edgec.targets.tvm_import import binding_owners, kernel_sources, last_source
 from edgec.targets.tvm_targets import host_target
 
 log = logging.getLogger("edgec.tuning")
@@ -228,20 +229,34 @@ def _has_record(db: Any, mod: Any) -> bool:
     return bool(db.has_workload(mod) and db.get_top_k(db.commit_workload(mod), 1))
 
 
-def _lower(mod: Any, target: dict[str, Any]) -> Any:
-    """The Relax-to-TIR lowering that tuning and applying records both start from."""
+def _lower(mod: Any, target: dict[str, Any], kernels: list[dict[str, Any]] | None = None) -> Any:
+    """The Relax-to-TIR lowering that tuning and applying records both start from (Relax's
+    "zero" pipeline). `kernels`, when given, receives each kernel `main` calls, in call order,
+    with the source nodes fused into it (`kernel_sources`), read between fusion and FuseTIR,
+    while the fused functions still hold the bindings the importer named."""
     import tvm
-    from tvm import relax
     from tvm.relax import transform
+    from tvm.s_tir import meta_schedule as ms
 
+    last = last_source(mod) if kernels is not None else None
     with tvm.target.Target(target):
-        return tvm.transform.Sequential(
+        mod = tvm.transform.Sequential(
             [
                 transform.DecomposeOpsForInference(),
                 transform.CanonicalizeBindings(),
-                relax.get_pipeline("zero"),
+                transform.LegalizeOps(),
+                transform.AnnotateTIROpPattern(),
+                transform.FoldConstant(),
             ]
         )(mod)
+        owners = binding_owners(mod, last) if kernels is not None else []
+        mod = transform.FuseOps()(mod)
+        if kernels is not None:
+            kernels[:] = kernel_sources(mod, owners)
+        mod = transform.FuseTIR()(mod)
+        if ms.Database.current():
+            mod = transform.MetaScheduleApplyDatabase()(mod)
+        return mod
 
 
 def untuned_tasks(mod: Any, target: dict[str, Any]) -> list[str] | None:
@@ -259,9 +274,14 @@ def untuned_tasks(mod: Any, target: dict[str, Any]) -> list[str] | None:
 
 
 def schedule(
-    mod: Any, target: dict[str, Any], options: CompileOptions, cross: bool
+    mod: Any,
+    target: dict[str, Any],
+    options: CompileOptions,
+    cross: bool,
+    kernels: list[dict[str, Any]] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Lower `mod`, tune the tasks the database lacks (if asked), apply the database.
+    """Lower `mod`, tune the tasks the database lacks (if asked), apply the database
+    (`kernels`: filled as `_lower` says).
 
     Returns the scheduled module and the manifest's `tuning` record. A cross target cannot
     measure kernels here: it tunes (if asked) and reads the host's records, matched by workload.
@@ -285,7 +305,7 @@ def schedule(
     work_dir = database_dir(measure_target)
     work_dir.mkdir(parents=True, exist_ok=True)
 
-    mod = _lower(mod, target)
+    mod = _lower(mod, target, kernels)
     tasks = ms.relax_integration.extract_tasks(mod, tvm.target.Target(measure_target))
     db = ms.database.JSONDatabase(work_dir=str(work_dir))
     missing = [t for t in tasks if not _has_record(db, t.dispatched[0])]

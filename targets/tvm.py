@@ -76,8 +76,12 @@ class TvmTarget:
         target = self.target_dict(options)
         cc = self.export_cc()
         model, attention = lower_for_tvm(model, options.attention_forms)
-        mod = import_onnx(model)
-        mod, tuned = tuning.schedule(mod, target, options, cross=self.triple != host_triple())
+        names: list[str] = []
+        kernels: list[dict[str, Any]] = []
+        mod = import_onnx(model, names)
+        mod, tuned = tuning.schedule(
+            mod, target, options, cross=self.triple != host_triple(), kernels=kernels
+        )
         mod = schedule_untuned(mod, target)  # binary kernels without a tuning record
         executable = relax.build(mod, target=tvm.target.Target(target))
         path = stage / "model.so"
@@ -96,6 +100,11 @@ class TvmTarget:
                 "tuning": tuned,
                 **({"attention": attention} if attention else {}),
             },
+            source_model=model,
+            kernels=[
+                {"kernel": k["kernel"], "nodes": [names[i] for i in k["nodes"] if i < len(names)]}
+                for k in kernels
+            ],
         )
 
 

@@ -49,9 +49,43 @@ def _guarded(op_type: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return convert
 
 
+SOURCE_PREFIX = "edgec_n"  # a binding named edgec_n12 computes (part of) node 12 of the graph
+
+
+def _naming(converter: type, names: list[str]) -> type:
+    """`converter` whose result, and every binding it emits, is named after the node it
+    converts (`SOURCE_PREFIX` + the node's index in `names`), so that after fusion each kernel
+    can say which nodes it holds (`kernel_sources`)."""
+    from tvm import relax
+
+    class Named(converter):  # type: ignore[misc, valid-type]
+        @classmethod
+        def get_converter(cls, opset: int) -> Callable[..., Any]:
+            convert = converter.get_converter(opset)
+
+            def run(bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Any:
+                names.append(str(attr.get("tvm_custom", {}).get("name", "")))
+                hint = f"{SOURCE_PREFIX}{len(names) - 1}"
+                emit = bb.emit
+                bb.emit = lambda expr, name_hint="": emit(expr, name_hint or hint)
+                try:
+                    result = convert(bb, inputs, attr, params)
+                finally:
+                    del bb.emit
+                if isinstance(result, relax.Call):
+                    result = emit(result, hint)
+                return result
+
+            return run
+
+    return Named
+
+
 @contextlib.contextmanager
-def edgec_converters() -> Iterator[None]:
-    """TVM's ONNX importer with edgec's converters added, for the `with` block only."""
+def edgec_converters(names: list[str] | None = None) -> Iterator[None]:
+    """TVM's ONNX importer with edgec's converters added, for the `with` block only; with
+    `names`, every converter names its bindings after its node (`_naming`), and `names`
+    receives the node names by index."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
     original = onnx_frontend._get_convert_map
@@ -67,13 +101,100 @@ def edgec_converters() -> Iterator[None]:
         return Converter
 
     extra = {name: converter_class(name, fn) for name, fn in converters().items()}
-    onnx_frontend._get_convert_map = lambda: {**original(), **extra}
+
+    def convert_map() -> dict[str, type]:
+        table = {**original(), **extra}
+        if names is None:
+            return table
+        return {op: _naming(cls, names) for op, cls in table.items()}
+
+    onnx_frontend._get_convert_map = convert_map
     clear_kernels()
     try:
         yield
     finally:
         onnx_frontend._get_convert_map = original
         clear_kernels()
+
+
+def _source_index(name: str) -> int | None:
+    tail = name[len(SOURCE_PREFIX) :]
+    return int(tail) if name.startswith(SOURCE_PREFIX) and tail.isdigit() else None
+
+
+def _bindings(fn: Any) -> list[Any]:
+    return [b for block in getattr(fn.body, "blocks", []) for b in block.bindings]
+
+
+def _callee(value: Any) -> str:
+    """The name of the function a binding calls: call_tir's PrimFunc, or a Relax function."""
+    from tvm import relax
+
+    if not isinstance(value, relax.Call):
+        return ""
+    callee = value.args[0] if getattr(value.op, "name", "") == "relax.call_tir" else value.op
+    return str(callee.name_hint) if isinstance(callee, relax.GlobalVar) else ""
+
+
+def last_source(mod: Any) -> int | None:
+    """The highest source index `main` binds as imported (before passes rename the output)."""
+    found = [_source_index(str(b.var.name)) for b in _bindings(mod["main"])]
+    return max((i for i in found if i is not None), default=None)
+
+
+def binding_owners(mod: Any, last: int | None) -> list[tuple[str, int | None]]:
+    """Before fusion: `main`'s calls in order, each with the source node index it computes. A
+    binding the importer left unnamed (an operand a converter built, an op a legalization
+    added) belongs to the next named one, which consumes it; a trailing one (the graph's
+    outputs, renamed `gv` by binding canonicalization) to `last` (`last_source`)."""
+    calls: list[tuple[str, int | None]] = []
+    pending: list[int] = []
+    for binding in _bindings(mod["main"]):
+        callee = _callee(binding.value)
+        index = _source_index(str(binding.var.name))
+        if callee:
+            calls.append((callee, index))
+            if index is None:
+                pending.append(len(calls) - 1)
+        if index is not None:
+            for p in pending:
+                calls[p] = (calls[p][0], index)
+            pending = []
+    for p in pending:
+        calls[p] = (calls[p][0], last)
+    return calls
+
+
+def kernel_sources(mod: Any, before: list[tuple[str, int | None]]) -> list[dict[str, Any]]:
+    """After FuseOps (before FuseTIR): the kernels `main` calls, in call order, each with the
+    indices of the source nodes it computes. Fusion renames the bindings it moves, so each
+    call inside a fused function is matched to the earliest unmatched call of the same
+    PrimFunc before fusion (`binding_owners`): fusion keeps the calls' order."""
+    from tvm import relax
+
+    taken = [False] * len(before)
+
+    def owner(callee: str) -> int | None:
+        for k, (name, index) in enumerate(before):
+            if not taken[k] and name == callee:
+                taken[k] = True
+                return index
+        return None
+
+    kernels: list[dict[str, Any]] = []
+    for binding in _bindings(mod["main"]):
+        callee = _callee(binding.value)
+        if not callee:
+            continue
+        fn = mod[callee]
+        inner = [_callee(b.value) for b in _bindings(fn)] if isinstance(fn, relax.Function) else []
+        found: list[int] = []
+        for name in inner or [callee]:
+            index = owner(name)
+            if index is not None and index not in found:
+                found.append(index)
+        kernels.append({"kernel": callee, "nodes": sorted(found)})
+    return kernels
 
 
 def _check_domains(model: ir.Model) -> None:
@@ -107,12 +228,13 @@ def lower_for_tvm(
     return model, lower_attention.lower(model, choose)
 
 
-def import_onnx(model: ir.Model) -> Any:
+def import_onnx(model: ir.Model, names: list[str] | None = None) -> Any:
     """The IR as a Relax module (weights bound as constants).
 
     TVM's importer reads only the `value` form of Constant (`value_ints` and the like fail with
     "no value in Constant"), so every Constant becomes an initializer first: the same values.
-    Attention blocks still in the IR are lowered first (`lower_for_tvm`).
+    Attention blocks still in the IR are lowered first (`lower_for_tvm`). With `names`, the
+    bindings are named after their source nodes, whose names `names` receives (`_naming`).
     """
     from onnx_ir.passes import common
     from tvm.relax.frontend.onnx import from_onnx
@@ -122,7 +244,7 @@ def import_onnx(model: ir.Model) -> Any:
     common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     proto = ir.serde.serialize_model(model)
     try:
-        with edgec_converters():
+        with edgec_converters(names):
             return from_onnx(proto, keep_params_in_input=False)
     except EdgecConverterError:
         raise

@@ -30,7 +30,7 @@ def test_round_trip(tiny_bundle: Path) -> None:
     assert (m.target, m.backend) == ("cpu", "onnxruntime")
     assert m.inputs[0].name == "x" and m.inputs[0].shape == (1, 3, 16, 16)
     assert m.outputs[0].dtype == "float32" and m.outputs[0].shape == (1, 5)
-    assert set(m.files) == {"model.onnx", "reference.npz"}
+    assert set(m.files) == {"model.onnx", "ops.json", "reference.npz"}
     assert m.backend_options["graph_optimization_level"] == "all"
     assert m.passes and all("rewrites" in p for p in m.passes)
     assert m.reference["max_rel_error"] <= m.reference["tolerance"]

@@ -317,7 +317,8 @@ def _write_bundle(template: Path, dest: Path, seed: int) -> None:
     manifest = Bundle.open(template).manifest
     rng = np.random.default_rng(seed)
     with staged_bundle(dest) as stage:
-        shutil.copyfile(template / "model.onnx", stage / "model.onnx")
+        for name in manifest.artifacts.values():
+            shutil.copyfile(template / name, stage / name)
         ref_in = {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
         ref_out = rng.standard_normal((1, 5)).astype(np.float32)
         _save(stage / REFERENCE, {"input/x": ref_in["x"], f"output/{OUT}": ref_out})
