@@ -7,8 +7,9 @@ DEMO_MODEL ?= vanillanet_5
 DEMO_PORT ?= 9190
 SHELL := /bin/bash
 
-# Debian packages for arm64: the cross compilers and qemu user mode (emulated device, C++ host)
-DEB_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static
+# Debian packages for arm64: the cross compilers and qemu user mode (emulated device, C++ host);
+# headless Chromium, which the tests open `edgec profile --html` reports in
+DEB_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static chromium-headless-shell
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install debian demo test test-fast lint clean
@@ -30,10 +31,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt | debian
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	rm -rf out/demo out/demo-arm64 out/demo-binary out/demo-mobile out/demo-tensorrt out/demo-coreml
+	rm -rf out/demo out/demo-report.html out/demo-report.png out/demo-arm64 out/demo-binary out/demo-mobile out/demo-tensorrt out/demo-coreml
 	$(EDGEC) compile $(DEMO_MODEL) --target cpu -o out/demo --verify --threads 1
 	$(EDGEC) verify out/demo
-	$(EDGEC) profile out/demo --runs 50 --warmup 5 --threads 1
+	$(EDGEC) profile out/demo --runs 50 --warmup 5 --threads 1 --html out/demo-report.html --png out/demo-report.png
 	$(EDGEC) compile bit_bert_tiny --target x86_64 --backend tvm -o out/demo-binary --threads 1
 	$(EDGEC) inspect out/demo-binary
 	$(EDGEC) profile out/demo-binary --runs 50 --warmup 5 --threads 1

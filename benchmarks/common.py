@@ -24,16 +24,25 @@ def plain_session(model: ir.Model, threads: int = 1) -> ort.InferenceSession:
     return ort.InferenceSession(proto, so, providers=["CPUExecutionProvider"])
 
 
-def default_export_session(
-    module: torch.nn.Module, feeds: dict[str, np.ndarray], threads: int = 1
-) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
-    """The peer users have: `torch.onnx.export(module, args, dynamo=True)` with torch's
-    defaults (`optimize=True` included), in onnxruntime with all graph optimizations. Returns
-    the session and `feeds` (in the module's argument order) under the export's input names."""
+def default_export(module: torch.nn.Module, feeds: dict[str, np.ndarray]) -> ir.Model:
+    """`torch.onnx.export(module, args, dynamo=True)` with torch's defaults (`optimize=True`
+    included): the export users have."""
     args = tuple(torch.from_numpy(v) for v in feeds.values())
     with torch.no_grad():
-        program = torch.onnx.export(module.eval(), args, dynamo=True, verbose=False)
-    session = plain_session(program.model, threads)
+        return torch.onnx.export(module.eval(), args, dynamo=True, verbose=False).model
+
+
+def default_export_session(
+    module: torch.nn.Module,
+    feeds: dict[str, np.ndarray],
+    threads: int = 1,
+    exported: ir.Model | None = None,
+) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
+    """The peer users have: `default_export` in onnxruntime with all graph optimizations.
+    Returns the session and `feeds` (in the module's argument order) under the export's input
+    names."""
+    model = exported if exported is not None else default_export(module, feeds)
+    session = plain_session(model, threads)
     names = [i.name for i in session.get_inputs()]
     return session, dict(zip(names, feeds.values(), strict=True))
 

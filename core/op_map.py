@@ -53,8 +53,31 @@ def provenance(node: ir.Node) -> list[str]:
     return [str(s) for s in steps] if isinstance(steps, list) else []
 
 
+# ops that move no data in a back end (views, shape queries): no bytes
+VIEW_OPS = frozenset(
+    ["Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Size", "Constant"]
+)
+
+
+def node_bytes(node: ir.Node) -> int:
+    """Bytes the node reads and writes if its operands come from memory: its inputs and
+    outputs; none for a view; a Gather reads only the rows it gathers."""
+    if node.domain in ("", "ai.onnx") and node.op_type in VIEW_OPS:
+        return 0
+    outputs = sum(value_bytes(v) for v in node.outputs)
+    inputs = [value_bytes(v) for v in node.inputs]
+    if node.domain in ("", "ai.onnx") and node.op_type == "Gather" and inputs:
+        inputs[0] = min(inputs[0], outputs)
+    return outputs + sum(inputs)
+
+
+def _is_constant(value: ir.Value | None) -> bool:
+    return value is not None and (value.const_value is not None or value.is_initializer())
+
+
 def op_map(model: ir.Model, kernels: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The `ops.json` of `model` (its top-level graph), with a TVM library's `kernels`."""
+    """The `ops.json` of `model` (its top-level graph), with a TVM library's `kernels`, and the
+    graph's compulsory traffic: its weights and its inputs and outputs, in bytes."""
     nodes: dict[str, dict[str, Any]] = {}
     values: dict[str, str] = {}
     for index, node in enumerate(model.graph):
@@ -76,8 +99,22 @@ def op_map(model: ir.Model, kernels: list[dict[str, Any]] | None = None) -> dict
         if producer is not None and not record["after"]:
             record["after"] = producer.name or ""
         record["macs"] += node_macs(node) or 0
-        record["bytes"] += sum(value_bytes(v) for v in (*node.inputs, *node.outputs))
+        record["bytes"] += node_bytes(node)
         for out in node.outputs:
             if out.name:
                 values[out.name] = name
-    return {"version": OP_MAP_VERSION, "nodes": nodes, "values": values, "kernels": kernels or []}
+    graph = model.graph
+    weights = {id(v): value_bytes(v) for v in graph.initializers.values()}
+    for node in graph:
+        for v in node.inputs:
+            if _is_constant(v):
+                weights[id(v)] = value_bytes(v)
+    io = sum(value_bytes(v) for v in (*graph.inputs, *graph.outputs))
+    return {
+        "version": OP_MAP_VERSION,
+        "nodes": nodes,
+        "values": values,
+        "kernels": kernels or [],
+        "weight_bytes": sum(weights.values()),
+        "io_bytes": io,
+    }

@@ -69,7 +69,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
       edgec compile net.onnx -o out/net
       edgec compile net.py:build --input-shape x=1x3x224x224 -o out/net
       edgec verify out/net
-      edgec profile out/net --threads 1
+      edgec profile out/net --threads 1 --per-op --html report.html
+      edgec compare out/net-unfolded out/net
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
@@ -201,6 +202,12 @@ def cli(ctx: click.Context, verbose: int) -> None:
     "products of binary codes, which are exact).",
 )
 @_explain_option()
+@click.option(
+    "--no-passes",
+    is_flag=True,
+    help="Compile the frontend's IR as it is, without edgec's rewrites: the baseline that "
+    "`edgec compare` measures the passes against.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile(
     source: str,
@@ -226,6 +233,7 @@ def compile(
     optimization_style: str | None,
     precision: str | None,
     explain: str | None,
+    no_passes: bool,
     as_json: bool,
 ) -> None:
     """Compile SOURCE for a target into a bundle folder.
@@ -271,6 +279,7 @@ def compile(
             optimization_style=optimization_style,
             precision=precision,
             explain=_explain_value(explain),
+            passes=not no_passes,
             on_step=lambda s: status.update(s),
         )
     seconds = time.perf_counter() - start
@@ -421,8 +430,31 @@ def _output_files(folder: Path, names: list[str]) -> dict[str, Path]:
 @click.option("--runs", type=int, default=100, show_default=True)
 @click.option("--warmup", type=int, default=10, show_default=True)
 @_threads_option(1, "0: the back end picks.")
-@click.option("--per-op", is_flag=True, help="Add the time per node (onnxruntime's profiler).")
+@click.option(
+    "--per-op",
+    is_flag=True,
+    help="Add the time per op and per source module (onnxruntime's profiler, or the TVM VM's "
+    "per-call timer), with the passes that made each op; on --device, measured there.",
+)
 @click.option("--top", type=int, default=15, show_default=True, help="Rows of the per-op table.")
+@click.option(
+    "--no-roofline",
+    is_flag=True,
+    help="Skip the machine's peaks (sgemm GFLOP/s, GB/s; measured once per host or device and "
+    "thread count, then cached) and the fractions of the roofline reached.",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write a self-contained HTML report (charts inline; implies --per-op).",
+)
+@click.option(
+    "--png",
+    "png_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the report's four charts as one PNG (implies --per-op).",
+)
 @click.option(
     "--device",
     metavar="HOST:PORT",
@@ -437,32 +469,112 @@ def profile(
     threads: int,
     per_op: bool,
     top: int,
+    no_roofline: bool,
+    html_path: Path | None,
+    png_path: Path | None,
     device: str | None,
     compute_units: str | None,
     as_json: bool,
 ) -> None:
-    """Measure a bundle's latency on its reference input: cold start, percentiles, memory.
+    """Measure a bundle's latency on its reference input: cold start, percentiles, memory,
+    and the fraction of the machine's roofline reached; with --per-op, where the time goes
+    (per op and per source module), on this host or on --device. --html / --png draw it.
 
     A Core ML bundle is timed in Core ML, on macOS only (on --compute-units)."""
     from edgec.runtime import Bundle, load
     from edgec.runtime import profile as run_profile
 
+    per_op = per_op or html_path is not None or png_path is not None
+    for path in (html_path, png_path):
+        if path is not None and path.is_dir():
+            raise OptionError(f"'{path}' is a folder; --html and --png take a file name")
     if device is not None:
         from edgec.runtime.remote import connect
 
-        if per_op:
-            raise OptionError("--per-op needs the onnxruntime back end on this host")
         opened = Bundle.open(bundle)
         with connect(device) as remote, render.err.status(f"profiling {runs} runs on {device}"):
-            report = remote.profile(opened, runs=runs, warmup=warmup, threads=threads)
+            report = remote.profile(
+                opened,
+                runs=runs,
+                warmup=warmup,
+                threads=threads,
+                per_op=per_op,
+                with_roofline=not no_roofline,
+            )
     else:
         session = load(bundle, compute_units=compute_units)
         with render.err.status(f"profiling {runs} runs", spinner="dots"):
-            report = run_profile(session, runs=runs, warmup=warmup, threads=threads, per_op=per_op)
+            report = run_profile(
+                session,
+                runs=runs,
+                warmup=warmup,
+                threads=threads,
+                per_op=per_op,
+                with_roofline=not no_roofline,
+            )
+    if html_path is not None or png_path is not None:
+        from edgec.report_pictures import write_html, write_png
+
+        title = f"edgec profile: {bundle.name} ({report.target}, {report.backend})"
+        if html_path is not None:
+            write_html(report, html_path, title)
+        if png_path is not None:
+            write_png(report, png_path, title)
     if as_json:
         render.print_json(report.to_json())
         return
     render.profile_report(bundle, report, runs, warmup, top)
+    for path in (html_path, png_path):
+        if path is not None:
+            render.err.print(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("bundle_a", type=click.Path(path_type=Path))
+@click.argument("bundle_b", type=click.Path(path_type=Path))
+@click.option("--rounds", type=int, default=20, show_default=True, help="Interleaved rounds.")
+@click.option("--runs", type=int, default=5, show_default=True, help="Runs of each per round.")
+@_threads_option(1, "0: the back end picks.")
+@click.option("--device", metavar="HOST:PORT", help="Compare them on this device.")
+@click.option("--top", type=int, default=15, show_default=True, help="Rows of the module table.")
+@click.option("--json", "as_json", is_flag=True)
+def compare(
+    bundle_a: Path,
+    bundle_b: Path,
+    rounds: int,
+    runs: int,
+    threads: int,
+    device: str | None,
+    top: int,
+    as_json: bool,
+) -> None:
+    """Run two bundles of one model interleaved on the same inputs: the ratio of their
+    latencies with a 95% confidence interval, the difference of their outputs, and the time
+    per source module of each (the before/after of a pass, two targets, two tunings).
+
+    \b
+      edgec compare out/unfolded out/folded
+      edgec compare out/vn5-arm64-untuned out/vn5-arm64 --device 127.0.0.1:9190
+    """
+    from edgec.runtime import Bundle, load
+    from edgec.runtime.compare_bundles import compare_local, compare_remote
+
+    if rounds < 2 or runs < 1:
+        raise OptionError(f"--rounds must be >= 2 and --runs >= 1 (got {rounds}, {runs})")
+    if device is not None:
+        from edgec.runtime.remote import connect
+
+        a, b = Bundle.open(bundle_a), Bundle.open(bundle_b)
+        with connect(device) as remote, render.err.status(f"comparing on {device}"):
+            report = compare_remote(remote, a, b, rounds, runs, threads)
+    else:
+        sa, sb = load(bundle_a, threads=threads), load(bundle_b, threads=threads)
+        with render.err.status(f"comparing over {rounds} rounds", spinner="dots"):
+            report = compare_local(sa, sb, rounds, runs, threads)
+    if as_json:
+        render.print_json(report.to_json())
+        return
+    render.compare_report(report, top)
 
 
 @cli.command()

@@ -105,13 +105,60 @@ def profile_report(bundle: Path, report: Any, runs: int, warmup: int, top: int) 
             "[bold yellow]emulated latency[/]: measured under emulation, it says nothing about "
             "the speed of a real device (the numerics are real)"
         )
+    roof = report.roofline
+    if roof:
+        reached = roof.get("fraction")
+        out.print(
+            f"roofline: sgemm {roof['sgemm_gflops']:.1f} GFLOP/s, {roof['bandwidth_gbs']:.1f} GB/s"
+            f" with {roof['threads']} thread(s)"
+            + (" (cached)" if roof.get("cached") else " (measured now)")
+            + (f"; the model reaches {reached:.1%} of its bound at p50" if reached else "")
+        )
     if report.per_op:
-        ops = Table(title="time per node")
-        for col in ("node", "op", "module", "ms", "share"):
-            ops.add_column(col, justify="right" if col in ("ms", "share") else "left")
+        ops = Table(title="time per op")
+        for col in ("op", "type", "module", "ms", "share", "roofline", "made by"):
+            ops.add_column(col, justify="right" if col in ("ms", "share", "roofline") else "left")
         for o in report.per_op[:top]:
-            ops.add_row(o.name, o.op_type, o.module, f"{o.mean_ms:.3f}", f"{o.share:.1%}")
+            fraction = "" if o.roofline_fraction is None else f"{o.roofline_fraction:.1%}"
+            ops.add_row(
+                o.name,
+                o.op_type,
+                o.module,
+                f"{o.mean_ms:.3f}",
+                f"{o.share:.1%}",
+                fraction,
+                "; ".join(o.passes),
+            )
         out.print(ops)
+        modules = Table(title="time per source module")
+        for col in ("module", "ops", "ms", "share", "roofline"):
+            modules.add_column(col, justify="left" if col == "module" else "right")
+        for m in report.per_module[:top]:
+            fraction = "" if m.roofline_fraction is None else f"{m.roofline_fraction:.1%}"
+            modules.add_row(m.module, str(m.ops), f"{m.mean_ms:.3f}", f"{m.share:.1%}", fraction)
+        out.print(modules)
+
+
+def compare_report(report: Any, top: int) -> None:
+    """`edgec compare`'s summary and module table."""
+    faster = "B faster" if report.ratio > 1 else "A faster" if report.ratio < 1 else "equal"
+    out.print(f"A: {report.a}  p50 {report.a_p50_ms:.3f} ms")
+    out.print(f"B: {report.b}  p50 {report.b_p50_ms:.3f} ms")
+    out.print(
+        f"[bold]A/B = {report.ratio:.2f}x[/] (95% CI {report.ci_low:.2f}-{report.ci_high:.2f}, "
+        f"{report.rounds} interleaved rounds of {report.runs_per_round} runs, "
+        f"{report.device}): {faster}"
+    )
+    out.print(f"outputs: max relative difference of B from A {report.max_output_error:.2e}")
+    if report.note:
+        out.print(report.note)
+    if report.modules:
+        table = Table(title="time per source module")
+        for col in ("module", "A ms", "B ms", "B - A ms"):
+            table.add_column(col, justify="left" if col == "module" else "right")
+        for m in report.modules[:top]:
+            table.add_row(m.module, f"{m.a_ms:.3f}", f"{m.b_ms:.3f}", f"{m.delta_ms:+.3f}")
+        out.print(table)
 
 
 def targets_table(rows: list[dict[str, Any]]) -> None:

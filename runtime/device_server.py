@@ -1,6 +1,8 @@
-"""The edgec device server: TVM's RPC server plus two functions edgec asks devices for.
+"""The edgec device server: TVM's RPC server plus the functions edgec asks devices for.
 
-Runs on the device with only Python, numpy and the TVM runtime (no edgec install needed):
+Runs on the device with only Python, numpy and the TVM runtime (no edgec install needed),
+with `op_timers.py` and `machine_peaks.py` beside it (onnxruntime too, for onnxruntime bundles
+and the roofline's peaks):
 
     python3 device_server.py --host 0.0.0.0 --port 9190        # or `edgec device serve`
 
@@ -14,6 +16,10 @@ exist in every session:
   edgec.device.ort_run     -> runs an uploaded ONNX or ORT-format model with the device's
                               onnxruntime on uploaded inputs (npz), writes the outputs (npz)
   edgec.device.ort_time    -> times it: JSON of the cold start and each timed run (ms)
+  edgec.device.ort_ops     -> onnxruntime's per-node times of it (JSON, `op_timers`)
+  edgec.device.tvm_ops     -> the per-call times of an uploaded TVM library's `main` (JSON)
+  edgec.device.peaks       -> this device's sgemm GFLOP/s and bandwidths (`machine_peaks`,
+                              with the three probe models the host uploads)
 and, where the runtime lacks it, the random fill MetaSchedule's RPC runner needs.
 SIGTERM or SIGINT ends the server and its sessions.
 """
@@ -27,6 +33,12 @@ import platform
 import resource
 import signal
 import sys
+
+try:  # run as a script on a device, beside these two files, without edgec installed
+    import machine_peaks  # type: ignore[import-not-found]
+    import op_timers  # type: ignore[import-not-found]
+except ImportError:
+    from edgec.runtime import machine_peaks, op_timers
 
 
 def _version(module: str) -> str:
@@ -55,6 +67,9 @@ def _ort_session(model: str, options_json: str) -> object:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
+    if options.get("profile_prefix"):
+        so.enable_profiling = True
+        so.profile_file_prefix = options["profile_prefix"]
     if options.get("saved_runtime_optimizations"):
         so.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
     path = tvm_ffi.get_global_func("tvm.rpc.server.workpath")(model)
@@ -110,6 +125,36 @@ def _register_onnxruntime() -> None:
             times.append((time.perf_counter() - t0) * 1e3)
         return json.dumps({"cold_ms": cold_ms, "times_ms": times})
 
+    @tvm_ffi.register_global_func("edgec.device.ort_ops", override=True)
+    def ort_ops(model: str, inputs: str, options: str, runs: int) -> str:
+        import tempfile
+
+        parsed = json.loads(options)
+        with tempfile.TemporaryDirectory() as tmp:
+            parsed["profile_prefix"] = os.path.join(tmp, "ort")
+            session = _ort_session(model, json.dumps(parsed))
+            feeds = _feeds(inputs)
+            for _ in range(runs):
+                session.run(None, feeds)  # type: ignore[attr-defined]
+            trace = session.end_profiling()  # type: ignore[attr-defined]
+            return json.dumps(op_timers.ort_kernel_times(trace, runs))
+
+    @tvm_ffi.register_global_func("edgec.device.peaks", override=True)
+    def peaks(threads: int, gemm: str, stream: str, cache: str, sizes: str, repeats: int) -> str:
+        workpath = tvm_ffi.get_global_func("tvm.rpc.server.workpath")
+        models = []
+        for name in (gemm, stream, cache):
+            with open(workpath(name), "rb") as f:
+                models.append(f.read())
+        measured = machine_peaks.measure(
+            int(threads),
+            *models,
+            gemm_sizes=tuple(json.loads(sizes)),
+            repeats=int(repeats),
+            budget_s=0.0,
+        )
+        return json.dumps(measured)
+
 
 def _register() -> None:
     import tvm
@@ -131,6 +176,18 @@ def _register() -> None:
                 "emulated": os.environ.get("EDGEC_DEVICE_EMULATED", ""),
             }
         )
+
+    @tvm_ffi.register_global_func("edgec.device.tvm_ops", override=True)
+    def tvm_ops(library: str, inputs: str, names: str, runs: int, threads: int) -> str:
+        from tvm.runtime.vm import VirtualMachine  # the runtime's own: no compiler here
+
+        if threads > 0:
+            tvm_ffi.get_global_func("runtime.config_threadpool")(1, int(threads))
+        path = tvm_ffi.get_global_func("tvm.rpc.server.workpath")(library)
+        vm = VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
+        feeds = _feeds(inputs)
+        args = [tvm.runtime.tensor(feeds[n]) for n in json.loads(names)]
+        return json.dumps(op_timers.profile_calls(vm, args, int(runs)))
 
     @tvm_ffi.register_global_func("edgec.device.peak_rss_mb", override=True)
     def peak_rss_mb() -> float:

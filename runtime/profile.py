@@ -3,41 +3,42 @@
 Cold start is the time to open the artifact and run it once (what a user waits for on first
 use). Steady-state figures come from `runs` timed calls after `warmup` untimed ones, each on
 the bundle's reference input. Peak memory is the process's peak resident set size. The
-per-op breakdown (onnxruntime only) comes from a separate profiling session, so its overhead
-never touches the latency figures; node names carry the torch module path, so it reads as
-time per source module.
+per-op breakdown (onnxruntime's profiler, or the Relax VM's instrument for TVM bundles;
+`op_profile`) comes from a separate run, so its overhead never touches the latency figures;
+each op carries its source module path and the passes that made it. The roofline
+(`roofline`) puts the machine's measured peaks beside the figures: the fraction of the limit
+each op, each module and the whole model reach.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgec.core.errors import OptionError
+from edgec.runtime import roofline
 from edgec.runtime.bundle import Bundle
+from edgec.runtime.op_profile import (
+    ModuleTime,
+    OpTime,
+    from_ort,
+    from_tvm,
+    load_op_map,
+    model_bound_ms,
+    per_module,
+)
+from edgec.runtime.op_timers import ort_kernel_times
 from edgec.runtime.session import Session, make_runner
 
-
-@dataclass
-class OpTime:
-    """Time spent in one node (or one op type), averaged over the profiled runs."""
-
-    name: str
-    op_type: str
-    mean_ms: float
-    share: float
-    module: str = ""  # the source module the node came from, where the exporter kept it
+PER_OP_BACKENDS = ("onnxruntime", "tvm")
 
 
 @dataclass
@@ -61,6 +62,13 @@ class ProfileReport:
     device: str = "host"
     emulated: bool = False
     per_op: list[OpTime] = field(default_factory=list)
+    per_module: list[ModuleTime] = field(default_factory=list)
+    times_ms: list[float] = field(default_factory=list)  # every timed run, in order
+    # the machine's peaks (sgemm GFLOP/s, GB/s, threads) and the whole model's bound and
+    # fraction of it reached at p50; None when not measured
+    roofline: dict[str, Any] | None = None
+    # the passes' effect: nodes, parameters and MACs before and after each pass that fired
+    passes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +119,8 @@ def make_report(
     stats = summarize(times_ms)
     first = m.inputs[0].shape if m.inputs else ()
     batch = first[0] if first and isinstance(first[0], int) else None
+    extra.setdefault("times_ms", list(times_ms))
+    extra.setdefault("passes", pass_effects(bundle))
     return ProfileReport(
         backend=m.backend,
         target=m.target,
@@ -126,15 +136,54 @@ def make_report(
     )
 
 
+def pass_effects(bundle: Bundle) -> list[dict[str, Any]]:
+    """The manifest's pass reports that changed the graph, in order: name, rewrites, and nodes,
+    parameters and MACs before and after."""
+    keys = ("nodes", "params", "macs")
+    effects = []
+    for p in bundle.manifest.passes or []:
+        if not isinstance(p, dict) or not p.get("rewrites"):
+            continue
+        effect = {"name": p.get("name", ""), "rewrites": p.get("rewrites", 0)}
+        for k in keys:
+            effect[f"{k}_before"] = p.get(f"{k}_before", 0)
+            effect[f"{k}_after"] = p.get(f"{k}_after", 0)
+        effects.append(effect)
+    return effects
+
+
+def roofline_summary(
+    op_map: dict[str, Any] | None, peaks: dict[str, Any] | None, p50_ms: float
+) -> dict[str, Any] | None:
+    """The peaks, and the whole model's bound and the fraction of it the p50 latency reaches."""
+    if peaks is None:
+        return None
+    bound = model_bound_ms(op_map, peaks)
+    macs = sum(r["macs"] for r in op_map["nodes"].values()) if op_map else None
+    nbytes = op_map.get("weight_bytes", 0) + op_map.get("io_bytes", 0) if op_map else None
+    return {
+        **peaks,
+        "macs": macs,
+        "bytes": nbytes,
+        "bound_ms": bound,
+        "fraction": bound / p50_ms if bound is not None and p50_ms > 0 else None,
+    }
+
+
 def profile(
     session: Session,
     runs: int = 100,
     warmup: int = 10,
     threads: int = 1,
     per_op: bool = False,
+    with_roofline: bool = True,
 ) -> ProfileReport:
-    """Time a bundle on its reference input with `threads` intra-op threads (0: back end's pick)."""
+    """Time a bundle on its reference input with `threads` intra-op threads (0: back end's
+    pick); `per_op`: add the per-op and per-module breakdown; `with_roofline`: the host's
+    peaks (measured once per thread count, cached) and the fractions of them reached."""
     check_counts(runs, warmup, threads)
+    if per_op:
+        check_per_op(session.bundle)
     feeds, _ = session.reference()
     feeds = session.feeds(feeds)
 
@@ -156,6 +205,9 @@ def profile(
         t0 = time.perf_counter()
         runner.run(feeds)
         times.append((time.perf_counter() - t0) * 1e3)
+    peaks = roofline.host_peaks(threads) if with_roofline else None
+    op_map = load_op_map(session.bundle)
+    ops = op_breakdown(session, feeds, threads, min(runs, 20), peaks) if per_op else []
     return make_report(
         session.bundle,
         times,
@@ -163,65 +215,39 @@ def profile(
         threads,
         warmup,
         peak_rss_mb(),
-        per_op=op_breakdown(session, feeds, threads, min(runs, 20)) if per_op else [],
+        per_op=ops,
+        per_module=per_module(ops, peaks),
+        roofline=roofline_summary(op_map, peaks, float(np.percentile(times, 50))),
     )
 
 
-def op_breakdown(
-    session: Session, feeds: dict[str, np.ndarray], threads: int, runs: int
-) -> list[OpTime]:
-    """Mean time per node from onnxruntime's profiler, largest first."""
-    if session.bundle.manifest.backend != "onnxruntime":
+def check_per_op(bundle: Bundle) -> None:
+    if bundle.manifest.backend not in PER_OP_BACKENDS:
         raise OptionError(
-            f"a per-op breakdown needs the onnxruntime back end, "
-            f"not '{session.bundle.manifest.backend}'"
+            f"a per-op breakdown needs an onnxruntime or TVM bundle; '{bundle.path}' runs on "
+            f"{bundle.manifest.backend}"
         )
+
+
+def op_breakdown(
+    session: Session,
+    feeds: dict[str, np.ndarray],
+    threads: int,
+    runs: int,
+    peaks: dict[str, Any] | None = None,
+) -> list[OpTime]:
+    """Mean time per op (onnxruntime's nodes, TVM's kernels), largest first, mapped to the
+    source through the bundle's op map."""
+    bundle = session.bundle
+    check_per_op(bundle)
+    op_map = load_op_map(bundle)
+    if bundle.manifest.backend == "tvm":
+        runner = make_runner(bundle, threads)
+        calls = runner.op_profile(feeds, runs)  # type: ignore[attr-defined]
+        return from_tvm(calls, op_map, peaks)
     with tempfile.TemporaryDirectory() as tmp:
-        runner = make_runner(session.bundle, threads, profile_prefix=os.path.join(tmp, "ort"))
+        runner = make_runner(bundle, threads, profile_prefix=os.path.join(tmp, "ort"))
         for _ in range(runs):
             runner.run(feeds)
-        trace = Path(runner.end_profiling())  # type: ignore[attr-defined]
-        events = json.loads(trace.read_text())
-    total: dict[str, float] = defaultdict(float)
-    op_type: dict[str, str] = {}
-    for ev in events:
-        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
-            continue
-        name = ev["name"][: -len("_kernel_time")]
-        total[name] += ev["dur"] / 1e3
-        op_type[name] = ev.get("args", {}).get("op_name", "")
-    grand = sum(total.values()) or 1.0
-    modules = _module_names(session)
-    ops = [
-        OpTime(n, op_type[n], t / runs, t / grand, _module_of(n, modules)) for n, t in total.items()
-    ]
-    return sorted(ops, key=lambda o: -o.mean_ms)
-
-
-def _module_names(session: Session) -> dict[str, str]:
-    """Node name and output value name -> module path, from the bundle's ONNX graph."""
-    import onnx
-
-    m = session.bundle.manifest
-    proto = onnx.load(str(session.bundle.path / m.artifacts["model"]), load_external_data=False)
-    names: dict[str, str] = {}
-    for node in proto.graph.node:
-        module = node.name.rpartition("/")[0]
-        names[node.name] = module
-        for out in node.output:
-            names.setdefault(out, module)
-    return names
-
-
-def _module_of(profiled: str, names: dict[str, str]) -> str:
-    """onnxruntime names the nodes it creates after an output value plus a suffix
-    (`relu_nchwc`, `conv_output_0_fused`): strip suffixes until a known name remains."""
-    candidate = profiled
-    while candidate:
-        if candidate in names:
-            return names[candidate]
-        head, sep, _ = candidate.rpartition("_")
-        if not sep:
-            break
-        candidate = head
-    return ""
+        records = ort_kernel_times(runner.end_profiling(), runs)  # type: ignore[attr-defined]
+    return from_ort(records, op_map, peaks)

@@ -30,9 +30,18 @@ from typing import Any
 import numpy as np
 
 from edgec.core.errors import BundleError, DeviceError, OptionError
+from edgec.runtime import roofline
 from edgec.runtime.bundle import Bundle, load_reference, sha256_file
 from edgec.runtime.compare import rel_error
-from edgec.runtime.profile import ProfileReport, check_counts, make_report
+from edgec.runtime.machine_peaks import GEMM_SIZES
+from edgec.runtime.op_profile import OpTime, from_ort, from_tvm, load_op_map, per_module
+from edgec.runtime.profile import (
+    ProfileReport,
+    check_counts,
+    check_per_op,
+    make_report,
+    roofline_summary,
+)
 from edgec.runtime.session import VerifyReport
 
 CONNECT_TIMEOUT_S = 15.0
@@ -64,6 +73,7 @@ class RemoteDevice:
     def __init__(self, address: str, session: Any) -> None:
         self.address = address
         self.session = session
+        self._uploaded: set[str] = set()
         raw = json.loads(session.get_function("edgec.device.info")())
         self.info = DeviceInfo(address, raw["machine"], raw.get("emulated", ""), raw)
 
@@ -85,10 +95,13 @@ class RemoteDevice:
     def _upload(self, bundle: Bundle, name: str) -> str:
         """Upload one of the bundle's files; returns its name on the device, which is named by
         content: the device's loader keeps a library by its path, so two bundles uploaded as
-        'model.so' in one session would run the first one's code."""
+        'model.so' in one session would run the first one's code. A file is uploaded once
+        per session: writing over a library the session has loaded would crash it."""
         digest = bundle.manifest.files.get(name) or sha256_file(bundle.path / name)
         remote_name = f"{digest[:16]}-{name}"
-        self.session.upload(str(bundle.path / name), target=remote_name)
+        if remote_name not in self._uploaded:
+            self.session.upload(str(bundle.path / name), target=remote_name)
+            self._uploaded.add(remote_name)
         return remote_name
 
     def _load(self, bundle: Bundle, threads: int = 0) -> tuple[Any, Any]:
@@ -129,7 +142,10 @@ class RemoteDevice:
         artifacts = bundle.manifest.artifacts
         weights = artifacts.get("weights")
         if weights is not None:  # the model names it: it keeps its own name
-            self.session.upload(str(bundle.path / weights), target=weights)
+            key = f"{weights}@{bundle.manifest.files.get(weights, '')}"
+            if key not in self._uploaded:
+                self.session.upload(str(bundle.path / weights), target=weights)
+                self._uploaded.add(key)
         model = self._upload(bundle, artifacts["model"])
         buffer = io.BytesIO()
         np.savez(buffer, **feeds)  # type: ignore[arg-type]
@@ -177,13 +193,87 @@ class RemoteDevice:
         return VerifyReport({k: rel_error(got[k], v) for k, v in expected.items()}, float(tol))
 
     def profile(
-        self, bundle: Bundle, runs: int = 100, warmup: int = 10, threads: int = 1
+        self,
+        bundle: Bundle,
+        runs: int = 100,
+        warmup: int = 10,
+        threads: int = 1,
+        per_op: bool = False,
+        with_roofline: bool = True,
     ) -> ProfileReport:
-        """The same report as a local run, timed by the device's clock."""
+        """The same report as a local run, timed by the device's clock: with `per_op`, the
+        per-op breakdown measured on the device; with `with_roofline`, the device's own peaks."""
         check_counts(runs, warmup, threads)
+        if per_op:
+            check_per_op(bundle)
         feeds, _ = load_reference(bundle)
         if bundle.manifest.backend == "onnxruntime":
-            return self._ort_profile(bundle, feeds, runs, warmup, threads)
+            report = self._ort_profile(bundle, feeds, runs, warmup, threads)
+        else:
+            report = self._tvm_profile(bundle, feeds, runs, warmup, threads)
+        peaks = self.peaks(threads) if with_roofline else None
+        op_map = load_op_map(bundle)
+        if per_op:
+            report.per_op = self.op_breakdown(bundle, feeds, threads, min(runs, 20), peaks)
+            report.per_module = per_module(report.per_op, peaks)
+        report.roofline = roofline_summary(op_map, peaks, report.p50_ms)
+        return report
+
+    def peaks(self, threads: int) -> dict[str, Any] | None:
+        """The device's sgemm throughput and bandwidth with `threads` threads (0: all), measured
+        there once and cached here per device; None where it has no onnxruntime to time them."""
+        if not self.info.raw.get("onnxruntime"):
+            return None
+        count = threads or int(self.info.raw.get("cpus") or 1)
+
+        # qemu runs a 1024 x 1024 sgemm in about ten seconds: smaller and fewer there
+        sizes, repeats = ((128, 256), 2) if self.info.emulated else (GEMM_SIZES, 5)
+
+        def measure(n: int) -> dict[str, Any]:
+            names = ["edgec-peaks-gemm.onnx", "edgec-peaks-stream.onnx", "edgec-peaks-cache.onnx"]
+            for name, data in zip(names, roofline.probe_models(), strict=True):
+                self.session.upload(bytearray(data), target=name)
+            peaks = self.session.get_function("edgec.device.peaks")
+            measured = json.loads(peaks(n, *names, json.dumps(sizes), repeats))
+            return {**measured, "emulated": bool(self.info.emulated)}
+
+        key = f"device-{self.info.machine}-{self.address}-{self.info.emulated or 'real'}"
+        return roofline.cached(key, count, measure)
+
+    def op_breakdown(
+        self,
+        bundle: Bundle,
+        feeds: dict[str, np.ndarray],
+        threads: int,
+        runs: int,
+        peaks: dict[str, Any] | None = None,
+    ) -> list[OpTime]:
+        """The per-op times of `bundle` measured on the device, mapped to the source."""
+        check_per_op(bundle)
+        op_map = load_op_map(bundle)
+        if bundle.manifest.backend == "onnxruntime":
+            model, inputs = self._ort_upload(bundle, feeds)
+            records = json.loads(
+                self.session.get_function("edgec.device.ort_ops")(
+                    model, inputs, self._ort_options(bundle, threads), runs
+                )
+            )
+            return from_ort(records, op_map, peaks)
+        self._check_bundle(bundle)
+        library = self._upload(bundle, bundle.manifest.artifacts["model"])
+        buffer = io.BytesIO()
+        np.savez(buffer, **feeds)  # type: ignore[arg-type]
+        inputs = f"{library}.inputs.npz"
+        self.session.upload(bytearray(buffer.getvalue()), target=inputs)
+        names = json.dumps([s.name for s in bundle.manifest.inputs])
+        calls = json.loads(
+            self.session.get_function("edgec.device.tvm_ops")(library, inputs, names, runs, threads)
+        )
+        return from_tvm(calls, op_map, peaks)
+
+    def _tvm_profile(
+        self, bundle: Bundle, feeds: dict[str, np.ndarray], runs: int, warmup: int, threads: int
+    ) -> ProfileReport:
         start = time.perf_counter()
         vm, dev = self._load(bundle, threads)
         args = self._args(bundle, feeds, dev)

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgec.core.errors import BundleError
 from edgec.runtime.bundle import Bundle
+from edgec.runtime.op_timers import profile_calls
 
 
 def host_triple() -> str:
@@ -64,8 +65,15 @@ class TvmRunner:
         self.input_names = input_names
         self._tvm = tvm
 
+    def _args(self, feeds: dict[str, np.ndarray]) -> list[Any]:
+        return [self._tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in self.input_names]
+
+    def op_profile(self, feeds: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
+        """Time of every call `main` makes, mean over `runs` (`op_timers.profile_calls`)."""
+        return profile_calls(self.vm, self._args(feeds), runs)
+
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        args = [self._tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in self.input_names]
+        args = self._args(feeds)
         out: Any = self.vm["main"](*args)
         outputs = list(out) if not hasattr(out, "numpy") else [out]
         return [o.numpy() for o in outputs]

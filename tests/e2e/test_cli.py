@@ -59,7 +59,8 @@ def test_compile_verify_run_profile_inspect(cli, onnx_file: Path, tmp_path: Path
     assert report["runs"] == 5 and report["p50_ms"] > 0 and report["threads"] == 1
 
     r = cli("profile", out, "--runs", "3", "--warmup", "0", "--per-op")
-    assert r.code == 0 and "p99" in r.out and "time per node" in r.out
+    assert r.code == 0 and "p99" in r.out and "time per op" in r.out
+    assert "time per source module" in r.out and "roofline" in r.out
 
     r = cli("inspect", out, "--json")
     info = json.loads(r.out)

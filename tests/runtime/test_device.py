@@ -366,3 +366,42 @@ def test_mobile_bundles_verify_and_profile_on_emulated_arm64(device: str, tmp_pa
     with connect(device) as remote:
         got = remote.run(Bundle.open(small.path), {"x": x})["y"]
     assert rel_error(got, expected) < 1e-4
+
+
+def _profile_json(bundle: Path, device: str, *extra: str) -> dict:
+    r = subprocess.run(
+        [EDGEC, "profile", str(bundle), "--device", device, "--runs", "3", "--json", *extra],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_per_op_profiles_on_the_device_map_to_torch_modules(device: str, tmp_path: Path) -> None:
+    """A TVM library's calls timed by the Relax VM's instrument on the (emulated) device, and
+    the mobile target's ORT-format model by the device's onnxruntime profiler: both mapped to
+    TinyNet's modules, with the device's own roofline peaks (labelled emulated)."""
+    from tests.conftest import TinyNet, with_bn_statistics
+
+    torch.manual_seed(0)
+    net = with_bn_statistics(TinyNet())
+    shapes = {"x": (1, 3, 16, 16)}
+    arm64 = edgec.compile(net, target="arm64", output=tmp_path / "arm64", input_shapes=shapes)
+    report = _profile_json(arm64.path, device, "--per-op")
+    kernels = [o for o in report["per_op"] if o["op_type"] == "kernel"]
+    assert {"stem.0", "block.0", "head"} <= {o["module"] for o in kernels}
+    assert any(p.startswith("bn_into_conv") for o in kernels for p in o["passes"])
+    assert all(o["mean_ms"] > 0 for o in kernels)
+    roof = report["roofline"]
+    assert roof["emulated"] is True and roof["sgemm_gflops"] > 0 and roof["fraction"] > 0
+    assert report["emulated"] is True
+
+    mobile = edgec.compile(net, target="mobile", output=tmp_path / "mobile", input_shapes=shapes)
+    assert mobile.manifest.artifacts["model"].endswith(".ort")
+    report = _profile_json(mobile.path, device, "--per-op", "--no-roofline")
+    assert {"stem.0", "block.0", "head"} <= {o["module"] for o in report["per_op"]}
+    assert report["roofline"] is None
+    assert sum(o["share"] for o in report["per_op"]) == pytest.approx(1.0)
+    assert {m["module"] for m in report["per_module"]} >= {"stem.0", "head"}
