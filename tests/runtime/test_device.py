@@ -398,6 +398,23 @@ def test_per_op_profiles_on_the_device_map_to_torch_modules(device: str, tmp_pat
     assert roof["emulated"] is True and roof["sgemm_gflops"] > 0 and roof["fraction"] > 0
     assert report["emulated"] is True
 
+    # compare on the device: the same net without edgec's passes, interleaved with the folded
+    unfolded = edgec.compile(
+        net, target="arm64", output=tmp_path / "unfolded", input_shapes=shapes, passes=False
+    )
+    options = ["--device", device, "--rounds", "3", "--runs", "2", "--json"]
+    r = subprocess.run(
+        [EDGEC, "compare", str(unfolded.path), str(arm64.path), *options],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    compared = json.loads(r.stdout)
+    assert "emulated" in compared["device"] and compared["max_output_error"] < 1e-4
+    assert compared["ci_low"] <= compared["ratio"] <= compared["ci_high"]
+    assert {"stem.0", "block.0", "head"} <= {m["module"] for m in compared["modules"]}
+
     mobile = edgec.compile(net, target="mobile", output=tmp_path / "mobile", input_shapes=shapes)
     assert mobile.manifest.artifacts["model"].endswith(".ort")
     report = _profile_json(mobile.path, device, "--per-op", "--no-roofline")
