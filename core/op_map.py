@@ -33,15 +33,15 @@ def module_of(node_name: str) -> str:
 
 
 def value_bytes(value: ir.Value | None) -> int:
-    """Bytes of a value of static shape and known type; 0 otherwise."""
+    """Bytes of a value of static shape and fixed-width type; 0 otherwise (strings too)."""
     if value is None or value.shape is None or value.dtype is None:
         return 0
     if not all(isinstance(d, int) for d in value.shape):
         return 0
     try:
         itemsize = value.dtype.itemsize
-    except (AttributeError, NotImplementedError, KeyError):
-        return 0
+    except (AttributeError, NotImplementedError, KeyError, TypeError, ValueError):
+        return 0  # strings and other types without a fixed width
     return math.ceil(math.prod(int(d) for d in value.shape) * itemsize)
 
 

@@ -8,12 +8,14 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 import torch
+from onnx import TensorProto, helper
 from PIL import Image
 
 import edgec
-from edgec.core.op_map import OP_MAP_FILE
+from edgec.core.op_map import OP_MAP_FILE, op_map
 from edgec.report_pictures import CHARTS, write_html
 from edgec.runtime import load, profile
 from edgec.runtime.op_profile import INSERTED, RUNTIME, from_ort, from_tvm
@@ -233,3 +235,28 @@ def test_per_op_needs_a_back_end_with_a_profiler(cli, onnx_file: Path, tmp_path:
     edgec.compile(onnx_file, target="coreml", output=tmp_path / "ml")
     r = cli("profile", tmp_path / "ml", "--per-op")
     assert r.code == 2 and "per-op breakdown needs an onnxruntime or TVM bundle" in r.err
+
+
+def test_op_map_is_total_on_strings_and_unknown_shapes() -> None:
+    """ONNX's string cases: a type without a fixed width, and values without shapes, count as
+    no bytes rather than stopping the compile."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("StringConcat", ["a", "b"], ["c"], name="concat"),
+            helper.make_node("Identity", ["x"], ["y"]),
+        ],
+        "strings",
+        [
+            helper.make_tensor_value_info("a", TensorProto.STRING, [2]),
+            helper.make_tensor_value_info("b", TensorProto.STRING, [2]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"]),
+        ],
+        [
+            helper.make_tensor_value_info("c", TensorProto.STRING, [2]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"]),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    ops = op_map(ir.serde.deserialize_model(proto))
+    assert ops["nodes"]["concat"]["bytes"] == 0 and ops["io_bytes"] == 0
+    assert set(ops["nodes"]) == {"concat", "y"}  # an unnamed node goes by its output
