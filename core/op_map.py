@@ -78,9 +78,11 @@ def _is_constant(value: ir.Value | None) -> bool:
 def op_map(model: ir.Model, kernels: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The `ops.json` of `model` (its top-level graph), with a TVM library's `kernels`, and the
     graph's compulsory traffic: its weights and its inputs and outputs, in bytes."""
+    graph = model.graph
     nodes: dict[str, dict[str, Any]] = {}
     values: dict[str, str] = {}
-    for index, node in enumerate(model.graph):
+    weights = {id(v): value_bytes(v) for v in graph.initializers.values()}
+    for index, node in enumerate(graph):
         first = node.outputs[0].name if node.outputs else None
         name = node.name or first or f"{node.op_type}_{index}"
         record = nodes.setdefault(
@@ -103,9 +105,6 @@ def op_map(model: ir.Model, kernels: list[dict[str, Any]] | None = None) -> dict
         for out in node.outputs:
             if out.name:
                 values[out.name] = name
-    graph = model.graph
-    weights = {id(v): value_bytes(v) for v in graph.initializers.values()}
-    for node in graph:
         for v in node.inputs:
             if _is_constant(v):
                 weights[id(v)] = value_bytes(v)

@@ -556,21 +556,20 @@ def compare(
       edgec compare out/unfolded out/folded
       edgec compare out/vn5-arm64-untuned out/vn5-arm64 --device 127.0.0.1:9190
     """
-    from edgec.runtime import Bundle, load
+    from edgec.runtime import Bundle
     from edgec.runtime.compare_bundles import compare_local, compare_remote
 
     if rounds < 2 or runs < 1:
         raise OptionError(f"--rounds must be >= 2 and --runs >= 1 (got {rounds}, {runs})")
+    a, b = Bundle.open(bundle_a), Bundle.open(bundle_b)
     if device is not None:
         from edgec.runtime.remote import connect
 
-        a, b = Bundle.open(bundle_a), Bundle.open(bundle_b)
         with connect(device) as remote, render.err.status(f"comparing on {device}"):
             report = compare_remote(remote, a, b, rounds, runs, threads)
     else:
-        sa, sb = load(bundle_a, threads=threads), load(bundle_b, threads=threads)
         with render.err.status(f"comparing over {rounds} rounds", spinner="dots"):
-            report = compare_local(sa, sb, rounds, runs, threads)
+            report = compare_local(a, b, rounds, runs, threads)
     if as_json:
         render.print_json(report.to_json())
         return

@@ -22,9 +22,9 @@ import numpy as np
 from edgec.core.errors import InputError
 from edgec.runtime.bundle import Bundle, load_reference
 from edgec.runtime.compare import rel_error
-from edgec.runtime.op_profile import TOP_LEVEL, ModuleTime, per_module
+from edgec.runtime.op_profile import ModuleTime, OpTime, per_module
 from edgec.runtime.profile import PER_OP_BACKENDS, op_breakdown
-from edgec.runtime.session import Session, make_runner
+from edgec.runtime.session import make_runner
 
 BOOTSTRAP = 2000
 
@@ -128,8 +128,7 @@ def module_deltas(a_modules: list[ModuleTime], b_modules: list[ModuleTime]) -> l
     return sorted(rows, key=lambda r: (-abs(r.delta_ms), r.module))
 
 
-def _local_timer(bundle: Bundle, feeds: dict[str, np.ndarray], threads: int) -> Timer:
-    runner = make_runner(bundle, threads)
+def _local_timer(runner: Any, feeds: dict[str, np.ndarray]) -> Timer:
     runner.run(feeds)
 
     def time_block(n: int) -> list[float]:
@@ -143,26 +142,32 @@ def _local_timer(bundle: Bundle, feeds: dict[str, np.ndarray], threads: int) -> 
     return time_block
 
 
-def compare_local(
-    a: Session, b: Session, rounds: int, block: int, threads: int, per_module_times: bool = True
-) -> CompareReport:
-    """Compare two opened bundles on this host."""
-    feeds_a, feeds_b = matched_feeds(a.bundle, b.bundle)
+Breakdown = Callable[[Bundle, dict[str, np.ndarray]], list[OpTime]]
+
+
+def _module_times(
+    a: Bundle, b: Bundle, feeds: tuple[dict, dict], breakdown: Breakdown
+) -> tuple[list[ModuleDelta], str]:
+    """Per-module deltas of A and B's per-op profiles, or why there are none."""
+    if not all(x.manifest.backend in PER_OP_BACKENDS for x in (a, b)):
+        return [], f"no per-module times: per-op profiles exist for {', '.join(PER_OP_BACKENDS)}"
+    ops_a, ops_b = breakdown(a, feeds[0]), breakdown(b, feeds[1])
+    return module_deltas(per_module(ops_a, None), per_module(ops_b, None)), ""
+
+
+def compare_local(a: Bundle, b: Bundle, rounds: int, block: int, threads: int) -> CompareReport:
+    """Compare two bundles on this host."""
+    feeds = matched_feeds(a, b)
+    runner_a, runner_b = make_runner(a, threads), make_runner(b, threads)
     ratios, times_a, times_b = interleaved(
-        _local_timer(a.bundle, feeds_a, threads),
-        _local_timer(b.bundle, feeds_b, threads),
-        rounds,
-        block,
+        _local_timer(runner_a, feeds[0]), _local_timer(runner_b, feeds[1]), rounds, block
     )
-    out_a, out_b = a.run(feeds_a), b.run(feeds_b)
-    note, modules = "", []
-    if per_module_times and _both_profiled(a.bundle, b.bundle):
-        ops_a = op_breakdown(a, feeds_a, threads, max(5, block))
-        ops_b = op_breakdown(b, feeds_b, threads, max(5, block))
-        modules = module_deltas(per_module(ops_a, None), per_module(ops_b, None))
-    elif per_module_times:
-        note = f"no per-module times: per-op profiles exist for {', '.join(PER_OP_BACKENDS)}"
-    return _report(a.bundle, b.bundle, "host", rounds, block, ratios, times_a, times_b,
+    out_a = dict(zip([s.name for s in a.manifest.outputs], runner_a.run(feeds[0]), strict=True))
+    out_b = dict(zip([s.name for s in b.manifest.outputs], runner_b.run(feeds[1]), strict=True))
+    modules, note = _module_times(
+        a, b, feeds, lambda x, f: op_breakdown(x, f, threads, max(5, block))
+    )
+    return _report(a, b, "host", rounds, block, ratios, times_a, times_b,
                    out_a, out_b, modules, note)  # fmt: skip
 
 
@@ -170,7 +175,7 @@ def compare_remote(
     remote: Any, a: Bundle, b: Bundle, rounds: int, block: int, threads: int
 ) -> CompareReport:
     """Compare two bundles on a device (`RemoteDevice`), each block timed by its clock."""
-    feeds_a, feeds_b = matched_feeds(a, b)
+    feeds = matched_feeds(a, b)
 
     def timer(bundle: Bundle) -> Timer:
         def time_block(n: int) -> list[float]:
@@ -180,18 +185,12 @@ def compare_remote(
         return time_block
 
     ratios, times_a, times_b = interleaved(timer(a), timer(b), rounds, block)
-    out_a, out_b = remote.run(a, feeds_a), remote.run(b, feeds_b)
-    note, modules = "", []
-    if _both_profiled(a, b):
-        ops_a = remote.op_breakdown(a, feeds_a, threads, max(5, block))
-        ops_b = remote.op_breakdown(b, feeds_b, threads, max(5, block))
-        modules = module_deltas(per_module(ops_a, None), per_module(ops_b, None))
+    out_a, out_b = remote.run(a, feeds[0]), remote.run(b, feeds[1])
+    modules, note = _module_times(
+        a, b, feeds, lambda x, f: remote.op_breakdown(x, f, threads, max(5, block))
+    )
     return _report(a, b, remote.info.describe(), rounds, block, ratios, times_a, times_b,
                    out_a, out_b, modules, note)  # fmt: skip
-
-
-def _both_profiled(a: Bundle, b: Bundle) -> bool:
-    return a.manifest.backend in PER_OP_BACKENDS and b.manifest.backend in PER_OP_BACKENDS
 
 
 def _report(
@@ -214,8 +213,6 @@ def _report(
         name: rel_error(out_b[names_b[i]], value) if i < len(names_b) else float("inf")
         for i, (name, value) in enumerate(out_a.items())
     }
-    for m in modules:
-        m.module = m.module or TOP_LEVEL
     return CompareReport(
         a=str(a.path),
         b=str(b.path),

@@ -206,19 +206,20 @@ def profile(
         runner.run(feeds)
         times.append((time.perf_counter() - t0) * 1e3)
     peaks = roofline.host_peaks(threads) if with_roofline else None
-    op_map = load_op_map(session.bundle)
-    ops = op_breakdown(session, feeds, threads, min(runs, 20), peaks) if per_op else []
-    return make_report(
-        session.bundle,
-        times,
-        cold_ms,
-        threads,
-        warmup,
-        peak_rss_mb(),
-        per_op=ops,
-        per_module=per_module(ops, peaks),
-        roofline=roofline_summary(op_map, peaks, float(np.percentile(times, 50))),
-    )
+    ops = op_breakdown(session.bundle, feeds, threads, min(runs, 20), peaks) if per_op else []
+    report = make_report(session.bundle, times, cold_ms, threads, warmup, peak_rss_mb())
+    return with_breakdown(report, session.bundle, ops, peaks)
+
+
+def with_breakdown(
+    report: ProfileReport, bundle: Bundle, ops: list[OpTime], peaks: dict[str, Any] | None
+) -> ProfileReport:
+    """`report` with the per-op times `ops`, their sum per module, and the roofline summary
+    at `peaks` (None: not measured)."""
+    report.per_op = ops
+    report.per_module = per_module(ops, peaks)
+    report.roofline = roofline_summary(load_op_map(bundle), peaks, report.p50_ms)
+    return report
 
 
 def check_per_op(bundle: Bundle) -> None:
@@ -230,15 +231,14 @@ def check_per_op(bundle: Bundle) -> None:
 
 
 def op_breakdown(
-    session: Session,
+    bundle: Bundle,
     feeds: dict[str, np.ndarray],
     threads: int,
     runs: int,
     peaks: dict[str, Any] | None = None,
 ) -> list[OpTime]:
-    """Mean time per op (onnxruntime's nodes, TVM's kernels), largest first, mapped to the
-    source through the bundle's op map."""
-    bundle = session.bundle
+    """Mean time per op (onnxruntime's nodes, TVM's kernels) of `bundle` on this host, largest
+    first, mapped to the source through the bundle's op map."""
     check_per_op(bundle)
     op_map = load_op_map(bundle)
     if bundle.manifest.backend == "tvm":

@@ -34,13 +34,13 @@ from edgec.runtime import roofline
 from edgec.runtime.bundle import Bundle, load_reference, sha256_file
 from edgec.runtime.compare import rel_error
 from edgec.runtime.machine_peaks import GEMM_SIZES
-from edgec.runtime.op_profile import OpTime, from_ort, from_tvm, load_op_map, per_module
+from edgec.runtime.op_profile import OpTime, from_ort, from_tvm, load_op_map
 from edgec.runtime.profile import (
     ProfileReport,
     check_counts,
     check_per_op,
     make_report,
-    roofline_summary,
+    with_breakdown,
 )
 from edgec.runtime.session import VerifyReport
 
@@ -147,11 +147,15 @@ class RemoteDevice:
                 self.session.upload(str(bundle.path / weights), target=weights)
                 self._uploaded.add(key)
         model = self._upload(bundle, artifacts["model"])
+        return model, self._upload_inputs(model, feeds)
+
+    def _upload_inputs(self, artifact: str, feeds: dict[str, np.ndarray]) -> str:
+        """The inputs as npz on the device, named after the artifact they are for."""
         buffer = io.BytesIO()
         np.savez(buffer, **feeds)  # type: ignore[arg-type]
-        inputs = f"{model}.inputs.npz"
+        inputs = f"{artifact}.inputs.npz"
         self.session.upload(bytearray(buffer.getvalue()), target=inputs)
-        return model, inputs
+        return inputs
 
     @staticmethod
     def _ort_options(bundle: Bundle, threads: int) -> str:
@@ -212,12 +216,8 @@ class RemoteDevice:
         else:
             report = self._tvm_profile(bundle, feeds, runs, warmup, threads)
         peaks = self.peaks(threads) if with_roofline else None
-        op_map = load_op_map(bundle)
-        if per_op:
-            report.per_op = self.op_breakdown(bundle, feeds, threads, min(runs, 20), peaks)
-            report.per_module = per_module(report.per_op, peaks)
-        report.roofline = roofline_summary(op_map, peaks, report.p50_ms)
-        return report
+        ops = self.op_breakdown(bundle, feeds, threads, min(runs, 20), peaks) if per_op else []
+        return with_breakdown(report, bundle, ops, peaks)
 
     def peaks(self, threads: int) -> dict[str, Any] | None:
         """The device's sgemm throughput and bandwidth with `threads` threads (0: all), measured
@@ -261,10 +261,7 @@ class RemoteDevice:
             return from_ort(records, op_map, peaks)
         self._check_bundle(bundle)
         library = self._upload(bundle, bundle.manifest.artifacts["model"])
-        buffer = io.BytesIO()
-        np.savez(buffer, **feeds)  # type: ignore[arg-type]
-        inputs = f"{library}.inputs.npz"
-        self.session.upload(bytearray(buffer.getvalue()), target=inputs)
+        inputs = self._upload_inputs(library, feeds)
         names = json.dumps([s.name for s in bundle.manifest.inputs])
         calls = json.loads(
             self.session.get_function("edgec.device.tvm_ops")(library, inputs, names, runs, threads)

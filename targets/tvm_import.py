@@ -12,6 +12,7 @@ quietly drop TVM for a bug of edgec's.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -102,11 +103,12 @@ def edgec_converters(names: list[str] | None = None) -> Iterator[None]:
 
     extra = {name: converter_class(name, fn) for name, fn in converters().items()}
 
+    table = {**original(), **extra}  # the importer asks for it once per node: built once
+    if names is not None:
+        table = {op: _naming(cls, names) for op, cls in table.items()}
+
     def convert_map() -> dict[str, type]:
-        table = {**original(), **extra}
-        if names is None:
-            return table
-        return {op: _naming(cls, names) for op, cls in table.items()}
+        return table
 
     onnx_frontend._get_convert_map = convert_map
     clear_kernels()
@@ -172,14 +174,13 @@ def kernel_sources(mod: Any, before: list[tuple[str, int | None]]) -> list[dict[
     PrimFunc before fusion (`binding_owners`): fusion keeps the calls' order."""
     from tvm import relax
 
-    taken = [False] * len(before)
+    queues: dict[str, collections.deque[int | None]] = collections.defaultdict(collections.deque)
+    for name, index in before:
+        queues[name].append(index)
 
     def owner(callee: str) -> int | None:
-        for k, (name, index) in enumerate(before):
-            if not taken[k] and name == callee:
-                taken[k] = True
-                return index
-        return None
+        queue = queues.get(callee)
+        return queue.popleft() if queue else None
 
     kernels: list[dict[str, Any]] = []
     for binding in _bindings(mod["main"]):
